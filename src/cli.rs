@@ -1,0 +1,90 @@
+//! Command-line types only; `main.rs` dispatches on them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "gatewise", version, about = "A reverse proxy that explains every 5xx it returns")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway, from a config file or the quick form (--listen/--to).
+    Run(RunArgs),
+    /// Validate a config file and report every error with its line and column.
+    Check(CheckArgs),
+    /// Run demo upstreams, the gateway in front and client traffic, with a live summary.
+    Demo(DemoArgs),
+    /// Read nginx, HAProxy, Envoy or gatewise logs and report causes, culprits and fixes.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Config file (TOML).
+    #[arg(long, short, conflicts_with_all = ["listen", "to"])]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (quick form).
+    #[arg(long, requires = "to")]
+    pub listen: Option<SocketAddr>,
+    /// Upstream target HOST:PORT (quick form); repeat for several.
+    #[arg(long, requires = "listen")]
+    pub to: Vec<String>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Admin listener address for the quick form (`off` to disable).
+    #[arg(long)]
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Only parse and validate; do not probe upstreams.
+    #[arg(long)]
+    pub offline: bool,
+    /// Config files to check.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Gateway listen address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Client requests per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    NginxError,
+    NginxAccess,
+    Haproxy,
+    Envoy,
+    Gatewise,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Log format; `auto` detects it per file.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub format: LogFormat,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Log files (`-` for stdin; `.gz` read transparently).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}

@@ -1,0 +1,1 @@
+//! The raw TOML shape of a config file (serde, unknown fields refused).

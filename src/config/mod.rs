@@ -1,0 +1,292 @@
+//! Configuration: the raw TOML shape (`file.rs`), its validation into the typed [`Config`]
+//! (`validate.rs`), and the quick form built from `gatewise run --listen --to`.
+//!
+//! The request path only ever sees [`Config`]: every duration is a `Duration`, every address a
+//! `SocketAddr`, every reference between sections (route → listener, route → upstream) resolved.
+
+mod file;
+mod validate;
+
+pub use validate::{parse, ConfigError, ConfigErrors};
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A validated configuration. Build it with [`parse`], [`load`] or [`Config::quick`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Worker threads; `None` means one per core.
+    pub workers: Option<usize>,
+    pub admin: AdminConfig,
+    pub access_log: AccessLog,
+    pub listeners: Vec<ListenerConfig>,
+    /// Routes in file order; the route table orders them by specificity.
+    pub routes: Vec<RouteConfig>,
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// `None` turns the admin listener off.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AccessLog {
+    Stdout,
+    File(PathBuf),
+    Off,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (bytes); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Most request header fields accepted; more gets 431.
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// Name of the listener this route belongs to (resolved and checked).
+    pub listener: String,
+    pub host: HostPattern,
+    /// Always starts with `/`.
+    pub path_prefix: String,
+    /// Name of an upstream in [`Config::upstreams`] (checked).
+    pub upstream: String,
+    /// Overall deadline for the request, every attempt included.
+    pub timeout: Duration,
+    /// Deadline for one attempt to produce a response head.
+    pub per_try_timeout: Duration,
+    /// Extra attempts after the first.
+    pub retries: u32,
+    /// Allow retrying non-idempotent requests that may have reached the upstream.
+    pub retry_non_idempotent: bool,
+    /// Upstream statuses that make an idempotent, replayable request try another target.
+    pub retry_on_status: Vec<u16>,
+    /// Request bodies up to this size are kept so the request can be replayed.
+    pub replay_buffer: usize,
+    /// Retries may add at most this fraction of the route's requests...
+    pub retry_budget_ratio: f64,
+    /// ...plus this many retries per second.
+    pub retry_budget_per_second: u32,
+}
+
+/// Which `Host` values a route answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `*`: any host.
+    Any,
+    /// `example.com`, compared case-insensitively, port ignored. Stored lower-case.
+    Exact(String),
+    /// `*.example.com`: any name ending in `.example.com` (stored as `.example.com`, lower-case).
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequest,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// `host:port` strings; names are resolved at connect time.
+    pub targets: Vec<String>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    /// Pooled connection idle limit (shortened by the upstream's `Keep-Alive: timeout=`).
+    pub idle_timeout: Duration,
+    /// Idle pooled connections kept per target.
+    pub max_idle_per_target: usize,
+    /// Concurrent requests per target; `None` means unlimited.
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a free connection slot, per upstream.
+    pub queue_size: usize,
+    pub queue_timeout: Duration,
+    /// Idle time allowed between two chunks of an upstream response body.
+    pub body_idle_timeout: Duration,
+    /// Largest upstream response head accepted (bytes).
+    pub max_response_header_bytes: usize,
+    pub health: Option<HealthConfig>,
+    pub passive: PassiveConfig,
+    /// Ramp window for a target that has just become healthy; zero turns it off.
+    pub slow_start: Duration,
+    /// Below this fraction of healthy targets, balance over all of them; `None` means off.
+    pub panic_threshold: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub kind: HealthCheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HealthCheckKind {
+    /// `GET path`; healthy when the status is in `expected_status` (inclusive range).
+    Http { path: String, expected_status: (u16, u16) },
+    /// A TCP connect that succeeds.
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassiveConfig {
+    /// Consecutive failures that eject a target; 0 turns passive ejection off.
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub max_ejection: Duration,
+    pub max_ejected_percent: u32,
+    /// Upstream statuses counted as failures (default: none; 502/503/504 are common choices).
+    pub failure_statuses: Vec<u16>,
+}
+
+/// Defaults, in one place, shared by the file parser and the quick form.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    pub const MAX_HEADERS: usize = 100;
+    pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const PER_TRY_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const RETRIES: u32 = 2;
+    pub const RETRY_ON_STATUS: [u16; 3] = [502, 503, 504];
+    pub const REPLAY_BUFFER: usize = 64 * 1024;
+    pub const RETRY_BUDGET_RATIO: f64 = 0.2;
+    pub const RETRY_BUDGET_PER_SECOND: u32 = 10;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+    pub const MAX_IDLE_PER_TARGET: usize = 256;
+    pub const QUEUE_SIZE: usize = 1024;
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_RESPONSE_HEADER_BYTES: usize = 64 * 1024;
+    pub const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+    pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const HEALTH_RISE: u32 = 2;
+    pub const HEALTH_FALL: u32 = 2;
+    pub const HEALTH_EXPECTED_STATUS: (u16, u16) = (200, 399);
+    pub const CONSECUTIVE_FAILURES: u32 = 5;
+    pub const BASE_EJECTION: Duration = Duration::from_secs(5);
+    pub const MAX_EJECTION: Duration = Duration::from_secs(300);
+    pub const MAX_EJECTED_PERCENT: u32 = 50;
+    pub const SLOW_START: Duration = Duration::from_secs(10);
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors::io(path, e))?;
+    parse(&src, &path.display().to_string())
+}
+
+impl ListenerConfig {
+    pub fn new(name: &str, listen: SocketAddr) -> Self {
+        Self {
+            name: name.to_string(),
+            listen,
+            header_read_timeout: defaults::HEADER_READ_TIMEOUT,
+            max_header_bytes: defaults::MAX_HEADER_BYTES,
+            max_headers: defaults::MAX_HEADERS,
+        }
+    }
+}
+
+impl RouteConfig {
+    /// A catch-all route with every policy at its default.
+    pub fn new(listener: &str, upstream: &str) -> Self {
+        Self {
+            listener: listener.to_string(),
+            host: HostPattern::Any,
+            path_prefix: "/".to_string(),
+            upstream: upstream.to_string(),
+            timeout: defaults::ROUTE_TIMEOUT,
+            per_try_timeout: defaults::PER_TRY_TIMEOUT,
+            retries: defaults::RETRIES,
+            retry_non_idempotent: false,
+            retry_on_status: defaults::RETRY_ON_STATUS.to_vec(),
+            replay_buffer: defaults::REPLAY_BUFFER,
+            retry_budget_ratio: defaults::RETRY_BUDGET_RATIO,
+            retry_budget_per_second: defaults::RETRY_BUDGET_PER_SECOND,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// An upstream over `targets` with every policy at its default and no active check.
+    pub fn new(targets: Vec<String>) -> Self {
+        Self {
+            targets,
+            balance: Balance::RoundRobin,
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            idle_timeout: defaults::IDLE_TIMEOUT,
+            max_idle_per_target: defaults::MAX_IDLE_PER_TARGET,
+            max_connections: None,
+            queue_size: defaults::QUEUE_SIZE,
+            queue_timeout: defaults::QUEUE_TIMEOUT,
+            body_idle_timeout: defaults::BODY_IDLE_TIMEOUT,
+            max_response_header_bytes: defaults::MAX_RESPONSE_HEADER_BYTES,
+            health: None,
+            passive: PassiveConfig::default(),
+            slow_start: defaults::SLOW_START,
+            panic_threshold: None,
+        }
+    }
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: defaults::CONSECUTIVE_FAILURES,
+            base_ejection: defaults::BASE_EJECTION,
+            max_ejection: defaults::MAX_EJECTION,
+            max_ejected_percent: defaults::MAX_EJECTED_PERCENT,
+            failure_statuses: Vec::new(),
+        }
+    }
+}
+
+impl HealthConfig {
+    /// An HTTP check of `path` with default interval, timeout and thresholds.
+    pub fn http(path: &str) -> Self {
+        Self {
+            kind: HealthCheckKind::Http {
+                path: path.to_string(),
+                expected_status: defaults::HEALTH_EXPECTED_STATUS,
+            },
+            interval: defaults::HEALTH_INTERVAL,
+            timeout: defaults::HEALTH_TIMEOUT,
+            rise: defaults::HEALTH_RISE,
+            fall: defaults::HEALTH_FALL,
+        }
+    }
+}
+
+impl Config {
+    /// The quick form: one listener, one catch-all route, one upstream over `targets`.
+    pub fn quick(listen: SocketAddr, targets: Vec<String>) -> Self {
+        let mut upstreams = BTreeMap::new();
+        upstreams.insert("default".to_string(), UpstreamConfig::new(targets));
+        Self {
+            workers: None,
+            admin: AdminConfig {
+                listen: Some(defaults::ADMIN_LISTEN.parse().expect("valid default address")),
+            },
+            access_log: AccessLog::Stdout,
+            listeners: vec![ListenerConfig::new("public", listen)],
+            routes: vec![RouteConfig::new("public", "default")],
+            upstreams,
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The retry rule (one function) and the retry budget.

@@ -1,0 +1,3 @@
+//! Target health: the pure state machine, active checks and passive ejection.
+
+pub mod state;

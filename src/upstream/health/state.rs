@@ -1,0 +1,1 @@
+//! Health states of a target as a pure function of observations.

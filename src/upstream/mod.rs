@@ -1,0 +1,3 @@
+//! Upstreams: targets, their health, our own connection pool, and balancing.
+
+pub mod health;
