@@ -8,12 +8,15 @@
 //! ([`proxy::retry`]), and written to the access log ([`observe::access_log`]) with every attempt.
 //! [`config`] turns TOML into a typed [`config::Config`]; [`doctor`] diagnoses other proxies.
 
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod doctor;
+pub mod gateway;
 pub mod observe;
 pub mod proxy;
 pub mod routing;
+pub mod run;
 pub mod server;
 pub mod upstream;

@@ -1,0 +1,117 @@
+//! One attempt: a connection to one target (pooled or new), the request sent, the response head
+//! read — and, when that fails, an [`UpstreamError`] classified right here, where we still know
+//! whether request bytes left and response bytes came back.
+
+use std::sync::Arc;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+
+use super::error::{Cause, Phase, UpstreamError};
+use crate::body::UpstreamBody;
+use crate::upstream::io::{IoSnapshot, IoStats};
+use crate::upstream::pool::Conn;
+use crate::upstream::Target;
+
+/// What an attempt got to before it ended; read after a per-try timeout cancels it.
+#[derive(Default)]
+pub struct Progress {
+    pub reused: bool,
+    /// Counters of the connection the request went out on, and their values before sending.
+    sending: Option<(Arc<IoStats>, IoSnapshot)>,
+}
+
+impl Progress {
+    /// (request bytes written, response bytes read) since the request was handed to the connection.
+    pub fn io(&self) -> (bool, bool) {
+        match &self.sending {
+            Some((stats, before)) => {
+                let now = stats.snapshot();
+                (now.written > before.written, now.read > before.read)
+            }
+            None => (false, false),
+        }
+    }
+
+    /// The error for a per-try timeout that fired at this point.
+    pub fn timeout_error(&self, detail: String) -> UpstreamError {
+        let (request_sent, response_bytes) = self.io();
+        UpstreamError {
+            cause: Cause::HttpResponseTimeout,
+            phase: if self.sending.is_some() {
+                Phase::ResponseHead
+            } else {
+                Phase::Connect
+            },
+            request_sent,
+            response_bytes,
+            reused: self.reused,
+            detail,
+        }
+    }
+}
+
+/// Sends `req` to `target` and waits for the response head.
+///
+/// Pooled connections that turn out closed before anything was written are dropped and the
+/// request moves to the next one (finally a fresh connection): nothing was sent, so this is safe
+/// for any method and is not a retry.
+pub async fn send(
+    target: &Target,
+    mut req: Request<UpstreamBody>,
+    progress: &mut Progress,
+) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+    loop {
+        let mut conn = match target.pool.take_idle() {
+            Some(conn) => conn,
+            None => target.pool.connect().await?,
+        };
+        progress.reused = conn.reused;
+        if conn.reused && conn.sender.ready().await.is_err() {
+            continue;
+        }
+        progress.sending = Some((conn.stats.clone(), conn.stats.snapshot()));
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, conn)),
+            Err(mut err) => match err.take_message() {
+                Some(unsent) if conn.reused => {
+                    req = unsent;
+                    progress.sending = None;
+                }
+                _ => return Err(classify(err.error(), progress, &target.addr)),
+            },
+        }
+    }
+}
+
+/// Names the cause of a failed exchange from hyper's error kind and the socket counters.
+fn classify(err: &hyper::Error, progress: &Progress, addr: &str) -> UpstreamError {
+    let (request_sent, response_bytes) = progress.io();
+    let cause = if err.is_parse_too_large() {
+        Cause::HttpResponseHeaderSectionSize
+    } else if err.is_parse() || err.is_parse_status() {
+        Cause::HttpProtocolError
+    } else if err.is_user() {
+        // The client's own body failed (it hung up mid-upload).
+        Cause::HttpRequestError
+    } else if response_bytes {
+        Cause::HttpResponseIncomplete
+    } else {
+        Cause::ConnectionTerminated
+    };
+    let phase = if response_bytes || cause == Cause::HttpProtocolError {
+        Phase::ResponseHead
+    } else if request_sent {
+        Phase::RequestSent
+    } else {
+        Phase::Connect
+    };
+    UpstreamError {
+        cause,
+        phase,
+        request_sent,
+        response_bytes,
+        reused: progress.reused,
+        detail: format!("{addr}: {err}"),
+    }
+}

@@ -1,0 +1,177 @@
+//! Header rewriting at the proxy boundary: hop-by-hop headers removed in both directions,
+//! `X-Forwarded-*`, `Via` and `X-Request-Id` added on the way up.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 gatewise");
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus `Expect`,
+/// which gatewise answers itself.
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in `Connection` are hop-by-hop too.
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a client request's headers for the upstream. Returns the request id (taken from the
+/// client's `X-Request-Id` or generated).
+pub fn prepare_request(headers: &mut HeaderMap, client: SocketAddr) -> HeaderValue {
+    remove_hop_by_hop(headers);
+    headers.remove(header::EXPECT);
+
+    let client_ip = client.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    if let Some(host) = headers.get(header::HOST).cloned() {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    headers.append(header::VIA, VIA_VALUE.clone());
+
+    match headers.get(&X_REQUEST_ID) {
+        Some(id) if !id.is_empty() => id.clone(),
+        _ => {
+            let id = new_request_id();
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            id
+        }
+    }
+}
+
+/// Rewrites an upstream response's headers for the client. Returns the upstream's
+/// `Keep-Alive: timeout=` and whether it asked to close the connection.
+pub fn prepare_response(headers: &mut HeaderMap) -> (Option<std::time::Duration>, bool) {
+    let keep_alive = headers
+        .get(&KEEP_ALIVE)
+        .and_then(|v| crate::upstream::pool::keep_alive_timeout(v.as_bytes()));
+    let close = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    remove_hop_by_hop(headers);
+    headers.append(header::VIA, VIA_VALUE.clone());
+    (keep_alive, close)
+}
+
+/// 128 random bits as 32 hex digits.
+pub fn new_request_id() -> HeaderValue {
+    let mut buf = [0u8; 32];
+    let n: u128 = ((fastrand::u64(..) as u128) << 64) | fastrand::u64(..) as u128;
+    for (i, b) in buf.iter_mut().enumerate() {
+        let nibble = ((n >> (124 - 4 * i)) & 0xf) as u8;
+        *b = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn request_loses_hop_by_hop_and_gains_forwarding_headers() {
+        let mut h = map(&[
+            ("host", "example.com"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("expect", "100-continue"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-keep", "yes"),
+        ]);
+        let id = prepare_request(&mut h, "192.0.2.7:5555".parse().unwrap());
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "expect",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be removed");
+        }
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h["via"], "1.1 gatewise");
+        assert_eq!(h["x-keep"], "yes");
+        assert_eq!(h["x-request-id"], id);
+        assert_eq!(id.len(), 32);
+    }
+
+    #[test]
+    fn client_request_id_is_kept() {
+        let mut h = map(&[("x-request-id", "abc-123")]);
+        assert_eq!(
+            prepare_request(&mut h, "[::1]:1".parse().unwrap()),
+            "abc-123"
+        );
+        assert_eq!(h["x-forwarded-for"], "::1");
+    }
+
+    #[test]
+    fn response_reports_keep_alive_and_close() {
+        let mut h = map(&[
+            ("keep-alive", "timeout=3"),
+            ("connection", "close"),
+            ("a", "b"),
+        ]);
+        let (ka, close) = prepare_response(&mut h);
+        assert_eq!(ka, Some(std::time::Duration::from_secs(3)));
+        assert!(close);
+        assert!(!h.contains_key("keep-alive") && !h.contains_key("connection"));
+        assert_eq!(h["via"], "1.1 gatewise");
+    }
+
+    #[test]
+    fn request_ids_differ() {
+        assert_ne!(new_request_id(), new_request_id());
+    }
+}

@@ -1,0 +1,103 @@
+//! The end of a request: what the access log says about it, and what happens to the upstream
+//! connection once the response body has gone to the client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderValue, Method, Uri};
+use tokio::time::Instant;
+
+use super::error::Cause;
+use super::relay::{BodyEnd, Completion};
+use crate::observe::access_log::{AccessLog, Attempt, Record};
+use crate::upstream::pool::Conn;
+use crate::upstream::{InFlight, Target};
+
+/// Everything the access-log line of one request needs, gathered along the way.
+pub struct RequestLog {
+    pub log: AccessLog,
+    pub start: Instant,
+    pub time: SystemTime,
+    pub request_id: HeaderValue,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub host: Option<HeaderValue>,
+    pub uri: Uri,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub target: Option<Arc<str>>,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub cause: Option<Cause>,
+    pub retry_stop: Option<&'static str>,
+    pub attempts: Vec<Attempt>,
+}
+
+impl RequestLog {
+    /// Writes the line. `end` says how the response body ended; a body cut by the upstream
+    /// names its cause even though the status was already sent.
+    pub fn emit(&self, bytes_out: u64, end: BodyEnd) {
+        let cause = match end {
+            BodyEnd::Upstream(cause) => Some(cause),
+            _ => self.cause,
+        };
+        let host = self
+            .host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        self.log.write(&Record {
+            time: self.time,
+            request_id: self.request_id.to_str().unwrap_or(""),
+            client: self.client,
+            method: self.method.as_str(),
+            host,
+            path: self.uri.path(),
+            route: self.route.as_deref(),
+            upstream: self.upstream.as_deref(),
+            target: self.target.as_deref(),
+            status: self.status,
+            duration_ms: self.start.elapsed(),
+            bytes_in: self.bytes_in,
+            bytes_out,
+            cause,
+            retry_stop: self.retry_stop,
+            incomplete: end != BodyEnd::Complete,
+            attempts: &self.attempts,
+        });
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+/// Runs when a relayed response body ends: the connection goes back to the pool only after a
+/// complete body on a connection the upstream did not ask to close; then the log line.
+pub struct Finish {
+    pub conn: Conn,
+    pub target: Arc<Target>,
+    pub in_flight: InFlight,
+    pub keep_alive: Option<Duration>,
+    pub reusable: bool,
+    pub log: RequestLog,
+}
+
+impl Completion for Finish {
+    fn complete(self: Box<Self>, end: BodyEnd, bytes: u64) {
+        let Finish {
+            conn,
+            target,
+            in_flight,
+            keep_alive,
+            reusable,
+            log,
+        } = *self;
+        if end == BodyEnd::Complete && reusable {
+            target.pool.put(conn, keep_alive);
+        }
+        drop(in_flight);
+        log.emit(bytes, end);
+    }
+}

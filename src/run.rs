@@ -1,0 +1,104 @@
+//! `gatewise run`: build the config (file or quick form), start the runtime, serve until a signal.
+
+use std::process::ExitCode;
+
+use crate::cli::RunArgs;
+use crate::config::{self, Config, HealthCheckKind, HealthConfig};
+use crate::gateway::Gateway;
+use crate::observe::access_log::AccessLog;
+
+/// The config `gatewise run` was asked for, or the reason it cannot have it.
+pub fn config_from_args(args: &RunArgs) -> Result<Config, String> {
+    let mut config = match (&args.config, args.listen) {
+        (Some(path), _) => config::load(path).map_err(|e| e.to_string())?,
+        (None, Some(listen)) => quick_config(listen, args.to.clone()),
+        (None, None) => return Err("give --config FILE, or --listen ADDR --to HOST:PORT".into()),
+    };
+    if let Some(admin) = &args.admin {
+        config.admin.listen = match admin.as_str() {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|e| format!("--admin {addr}: {e}"))?),
+        };
+    }
+    if args.workers.is_some() {
+        config.workers = args.workers;
+    }
+    Ok(config)
+}
+
+/// The quick form with its sane defaults: a TCP health check on every target, retries on.
+pub fn quick_config(listen: std::net::SocketAddr, targets: Vec<String>) -> Config {
+    let mut config = Config::quick(listen, targets);
+    for upstream in config.upstreams.values_mut() {
+        let mut health = HealthConfig::http("/");
+        health.kind = HealthCheckKind::Tcp;
+        upstream.health = Some(health);
+    }
+    config
+}
+
+/// Runs the gateway until SIGINT/SIGTERM. Exit 2 when it cannot start.
+pub fn run(args: &RunArgs) -> ExitCode {
+    let config = match config_from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("gatewise: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match build_runtime(config.workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatewise: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async {
+        let log = match AccessLog::start(&config.access_log) {
+            Ok(log) => log,
+            Err(e) => {
+                eprintln!("gatewise: access log: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let gateway = match Gateway::bind(&config, log).await {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("gatewise: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        tokio::select! {
+            () = gateway.serve() => {}
+            () = shutdown_signal() => tracing::info!("signal received, stopping"),
+        }
+        ExitCode::SUCCESS
+    })
+}
+
+/// A multi-threaded runtime with `workers` threads (default: one per core).
+pub fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.max(1));
+    }
+    builder.enable_all().thread_name("gatewise-worker").build()
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,93 @@
+//! One listener: the accept loop and a task per client connection, each serving HTTP/1.1 with
+//! the listener's limits (header read timeout, header size and count) and handing every request
+//! to [`crate::proxy::forward::handle`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::ListenerConfig;
+use crate::observe::access_log::Record;
+use crate::proxy::error::Cause;
+use crate::proxy::forward::{self, ListenerState};
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(listener: TcpListener, config: ListenerConfig, state: Arc<ListenerState>) {
+    let config = Arc::new(config);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_connection(
+                    stream,
+                    peer,
+                    config.clone(),
+                    state.clone(),
+                ));
+            }
+            Err(err) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%err, listener = %config.name, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ListenerConfig>,
+    state: Arc<ListenerState>,
+) {
+    let _ = stream.set_nodelay(true);
+    let svc_state = state.clone();
+    let service = service_fn(move |req| {
+        let state = svc_state.clone();
+        async move { Ok::<_, Infallible>(forward::handle(&state, peer, req).await) }
+    });
+    let result = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .max_headers(config.max_headers)
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
+    if let Err(err) = result {
+        if err.is_parse() || err.is_parse_too_large() {
+            // hyper has answered 400 or 431 itself; the request never reached a route.
+            log_rejected(&state, peer, &err);
+        } else {
+            tracing::debug!(%err, %peer, "client connection ended with an error");
+        }
+    }
+}
+
+fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper::Error) {
+    let status = if err.is_parse_too_large() { 431 } else { 400 };
+    tracing::debug!(%err, %peer, status, "malformed request");
+    state.access_log.write(&Record {
+        time: SystemTime::now(),
+        request_id: "",
+        client: peer,
+        method: "-",
+        host: "",
+        path: "",
+        route: None,
+        upstream: None,
+        target: None,
+        status,
+        duration_ms: Duration::ZERO,
+        bytes_in: 0,
+        bytes_out: 0,
+        cause: Some(Cause::HttpRequestError),
+        retry_stop: None,
+        incomplete: false,
+        attempts: &[],
+    });
+}

@@ -1,0 +1,5 @@
+//! One integration-test binary: in-process upstreams on 127.0.0.1:0, a real gateway, real clients.
+
+mod support;
+
+mod proxy;

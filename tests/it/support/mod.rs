@@ -1,0 +1,112 @@
+//! Test fixtures: mock upstreams with scripted behaviour, a gateway on port 0, a client, and
+//! the captured access log.
+
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatewise::config::{Config, HostPattern, ListenerConfig, RouteConfig, UpstreamConfig};
+use gatewise::gateway::Gateway;
+use gatewise::observe::access_log::AccessLog;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A running gateway: its public address and its access-log lines.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub log: mpsc::Receiver<Vec<u8>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl TestGateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The next access-log line, parsed; waits for it (the line is written when the body ends).
+    pub fn next_log(&self) -> serde_json::Value {
+        let line = self
+            .log
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an access-log line");
+        serde_json::from_slice(&line).expect("access-log line is JSON")
+    }
+}
+
+/// A one-listener, one-route config over `targets`, admin off, listening on port 0.
+pub fn config(targets: &[SocketAddr]) -> Config {
+    let mut c = Config::quick(
+        "127.0.0.1:0".parse().unwrap(),
+        targets.iter().map(|a| a.to_string()).collect(),
+    );
+    c.admin.listen = None;
+    c
+}
+
+/// The single upstream of a [`config`].
+pub fn upstream_of(c: &mut Config) -> &mut UpstreamConfig {
+    c.upstreams.values_mut().next().unwrap()
+}
+
+/// The single route of a [`config`].
+pub fn route_of(c: &mut Config) -> &mut RouteConfig {
+    &mut c.routes[0]
+}
+
+#[allow(dead_code)]
+pub fn listener(name: &str) -> ListenerConfig {
+    ListenerConfig::new(name, "127.0.0.1:0".parse().unwrap())
+}
+
+#[allow(dead_code)]
+pub fn host(pattern: &str) -> HostPattern {
+    match pattern {
+        "*" => HostPattern::Any,
+        p if p.starts_with("*.") => HostPattern::Suffix(p[1..].to_string()),
+        p => HostPattern::Exact(p.to_string()),
+    }
+}
+
+pub async fn start(config: Config) -> TestGateway {
+    let (log, rx) = AccessLog::capture();
+    let gateway = Gateway::bind(&config, log).await.expect("gateway binds");
+    let addr = gateway.listen_addrs()[0];
+    let admin = gateway.admin_addr();
+    let task = tokio::spawn(gateway.serve());
+    TestGateway {
+        addr,
+        admin,
+        log: rx,
+        _task: task,
+    }
+}
+
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends a request and reads the whole response.
+pub async fn send(
+    client: &TestClient,
+    req: http::Request<Full<Bytes>>,
+) -> (http::response::Parts, Bytes) {
+    let resp = client.request(req).await.expect("response");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts, body)
+}
+
+pub async fn get(client: &TestClient, url: &str) -> (http::response::Parts, Bytes) {
+    send(
+        client,
+        http::Request::get(url).body(Full::default()).unwrap(),
+    )
+    .await
+}
