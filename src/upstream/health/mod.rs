@@ -1,3 +1,4 @@
 //! Target health: the pure state machine, active checks and passive ejection.
 
+pub mod pool_rules;
 pub mod state;
