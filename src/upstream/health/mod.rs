@@ -1,4 +1,5 @@
 //! Target health: the pure state machine, active checks and passive ejection.
 
+pub mod active;
 pub mod pool_rules;
 pub mod state;
