@@ -1,0 +1,187 @@
+//! Active health checks: one [`probe`] of a target, and [`run_checks`], the loop that probes
+//! every target of an upstream on an interval and reports each outcome.
+//!
+//! A probe uses a fresh connection, never one from the request pool: a check must see what a
+//! new connection would see (is anything listening, does it answer), and must not take or
+//! spoil a pooled connection. Each target is checked by its own task so a hanging target does
+//! not delay the others; the interval carries ±10% jitter so the checks of many gateways (or
+//! many targets) do not synchronise into bursts.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use crate::config::{HealthCheckKind, HealthConfig};
+
+/// The result of one probe: `detail` says why, in words fit for a log line and the status page
+/// (`"status 200"`, `"status 503"`, `"connection refused"`, `"timeout after 300ms"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl ProbeOutcome {
+    fn pass(detail: impl Into<String>) -> Self {
+        Self {
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn fail(detail: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Probes `target` (`host:port`) once as `cfg` says, the whole probe within `cfg.timeout`.
+pub async fn probe(target: &str, cfg: &HealthConfig) -> ProbeOutcome {
+    let attempt = async {
+        match &cfg.kind {
+            HealthCheckKind::Tcp => match TcpStream::connect(target).await {
+                Ok(_) => ProbeOutcome::pass("connected"),
+                Err(e) => ProbeOutcome::fail(io_detail(&e)),
+            },
+            HealthCheckKind::Http {
+                path,
+                expected_status,
+            } => http_probe(target, path, *expected_status).await,
+        }
+    };
+    match timeout(cfg.timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => ProbeOutcome::fail(format!("timeout after {}ms", cfg.timeout.as_millis())),
+    }
+}
+
+/// `GET path` on a fresh HTTP/1.1 connection; passes iff the status is in `expected` (inclusive).
+async fn http_probe(target: &str, path: &str, expected: (u16, u16)) -> ProbeOutcome {
+    let stream = match TcpStream::connect(target).await {
+        Ok(s) => s,
+        Err(e) => return ProbeOutcome::fail(io_detail(&e)),
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(pair) => pair,
+        Err(e) => return ProbeOutcome::fail(format!("http handshake: {e}")),
+    };
+    let req = Request::get(path)
+        .header(header::HOST, target)
+        .header(header::CONNECTION, "close")
+        .header(header::USER_AGENT, "gatewise-health")
+        .body(Empty::<Bytes>::new());
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => return ProbeOutcome::fail(format!("bad check request: {e}")),
+    };
+    // The connection is driven here rather than spawned, so that a timeout (which drops this
+    // future) also closes the socket instead of leaving a task waiting on a silent target.
+    let response = sender.send_request(req);
+    tokio::pin!(conn, response);
+    let result = tokio::select! {
+        r = &mut response => r,
+        done = &mut conn => match done {
+            // The connection ended (e.g. `Connection: close` after the answer): the response,
+            // if one came, is already delivered to the request future.
+            Ok(()) => response.await,
+            Err(e) => return ProbeOutcome::fail(format!("http: {e}")),
+        },
+    };
+    match result {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let detail = format!("status {status}");
+            if (expected.0..=expected.1).contains(&status) {
+                ProbeOutcome::pass(detail)
+            } else {
+                ProbeOutcome::fail(detail)
+            }
+        }
+        Err(e) if e.is_incomplete_message() => ProbeOutcome::fail("closed before a response"),
+        Err(e) => ProbeOutcome::fail(format!("http: {e}")),
+    }
+}
+
+/// Connect errors in the words operators know ("connection refused"), not OS error numbers.
+fn io_detail(e: &io::Error) -> String {
+    use io::ErrorKind::*;
+    match e.kind() {
+        kind @ (ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut
+        | AddrNotAvailable | PermissionDenied) => kind.to_string(),
+        // Name resolution failures and the rest: the OS message says more than the kind.
+        _ => e.to_string(),
+    }
+}
+
+/// How one target is checked. The default is [`ConfiguredProbe`]; tests substitute their own.
+pub trait Prober: Send + Sync + 'static {
+    fn probe(&self, target: &str) -> impl Future<Output = ProbeOutcome> + Send;
+}
+
+/// The check a [`HealthConfig`] describes, done by [`probe`].
+#[derive(Debug, Clone)]
+pub struct ConfiguredProbe(pub HealthConfig);
+
+impl Prober for ConfiguredProbe {
+    fn probe(&self, target: &str) -> impl Future<Output = ProbeOutcome> + Send {
+        probe(target, &self.0)
+    }
+}
+
+/// Checks every target as `cfg` says, forever: each target at once, then every `cfg.interval`
+/// (±10% jitter), and calls `report(index into targets, outcome)` after each probe. Stops when
+/// the returned future is dropped (abort its task on reload or shutdown).
+pub async fn run_checks(
+    targets: Vec<String>,
+    cfg: HealthConfig,
+    report: impl Fn(usize, ProbeOutcome) + Send + Sync + 'static,
+) {
+    let interval = cfg.interval;
+    run_checks_with(targets, interval, ConfiguredProbe(cfg), report).await
+}
+
+/// [`run_checks`] with any [`Prober`].
+pub async fn run_checks_with<P: Prober>(
+    targets: Vec<String>,
+    interval: Duration,
+    prober: P,
+    report: impl Fn(usize, ProbeOutcome) + Send + Sync + 'static,
+) {
+    let prober = Arc::new(prober);
+    let report = Arc::new(report);
+    // The JoinSet aborts every per-target task when this future is dropped.
+    let mut tasks = JoinSet::new();
+    for (index, target) in targets.into_iter().enumerate() {
+        let prober = Arc::clone(&prober);
+        let report = Arc::clone(&report);
+        tasks.spawn(async move {
+            loop {
+                let started = Instant::now();
+                let outcome = prober.probe(&target).await;
+                report(index, outcome);
+                // Measured from the start of the probe, so a slow target is not checked less
+                // often than asked; one slower than the interval is checked back to back.
+                sleep_until(started + jittered(interval)).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// `interval` scaled by a random factor in [0.9, 1.1).
+pub fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(0.9 + 0.2 * fastrand::f64())
+}
