@@ -4,8 +4,11 @@
 //! The request path only ever sees [`Config`]: every duration is a `Duration`, every address a
 //! `SocketAddr`, every reference between sections (route → listener, route → upstream) resolved.
 
+pub mod check;
 mod file;
 mod validate;
+mod validate_upstream;
+mod values;
 
 pub use validate::{parse, ConfigError, ConfigErrors};
 
@@ -135,7 +138,10 @@ pub struct HealthConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum HealthCheckKind {
     /// `GET path`; healthy when the status is in `expected_status` (inclusive range).
-    Http { path: String, expected_status: (u16, u16) },
+    Http {
+        path: String,
+        expected_status: (u16, u16),
+    },
     /// A TCP connect that succeeds.
     Tcp,
 }
@@ -281,7 +287,11 @@ impl Config {
         Self {
             workers: None,
             admin: AdminConfig {
-                listen: Some(defaults::ADMIN_LISTEN.parse().expect("valid default address")),
+                listen: Some(
+                    defaults::ADMIN_LISTEN
+                        .parse()
+                        .expect("valid default address"),
+                ),
             },
             access_log: AccessLog::Stdout,
             listeners: vec![ListenerConfig::new("public", listen)],

@@ -1,9 +1,22 @@
 //! Raw file → typed [`Config`], collecting every error with its location.
+//!
+//! Conversion never stops at the first problem: each field that fails records a [`ConfigError`]
+//! (file, 1-based line and column, dotted field path, what was expected) and a placeholder is used
+//! so the remaining fields and the references between sections are still checked. Raw structs are
+//! destructured exhaustively, so a field added to `file.rs` fails to compile until it is handled.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use super::Config;
+use toml::Spanned;
+
+use super::file::{self, IntOrStr, RawAdmin, RawListener, RawRoute, Str};
+use super::{defaults, validate_upstream, values};
+use super::{AccessLog, AdminConfig, Config, HostPattern, ListenerConfig, RouteConfig};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +48,17 @@ impl ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for e in &self.0 {
-            writeln!(f, "{}:{}:{}: {}: {}", e.file, e.line, e.column, e.field, e.message)?;
+            // Line 0 means the file as a whole (it could not be read); an empty field means a
+            // TOML syntax error, which belongs to no field.
+            match (e.line, e.field.is_empty()) {
+                (0, _) => writeln!(f, "{}: {}", e.file, e.message)?,
+                (_, true) => writeln!(f, "{}:{}:{}: {}", e.file, e.line, e.column, e.message)?,
+                (_, false) => writeln!(
+                    f,
+                    "{}:{}:{}: {}: {}",
+                    e.file, e.line, e.column, e.field, e.message
+                )?,
+            }
         }
         Ok(())
     }
@@ -44,12 +67,532 @@ impl fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// Parses and validates `src` (named `file` in errors).
-pub fn parse(_src: &str, file: &str) -> Result<Config, ConfigErrors> {
-    Err(ConfigErrors(vec![ConfigError {
-        file: file.to_string(),
-        line: 0,
-        column: 0,
-        field: String::new(),
-        message: "config files are not supported yet".to_string(),
-    }]))
+pub fn parse(src: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let mut cx = Cx {
+        src,
+        file,
+        errors: Vec::new(),
+    };
+    let raw = match file::read(src) {
+        Ok((raw, errors)) => {
+            for e in errors {
+                cx.err(e.span, &e.field, e.message);
+            }
+            raw
+        }
+        Err(errors) => {
+            for e in errors {
+                cx.err(e.span, &e.field, e.message);
+            }
+            return Err(cx.finish());
+        }
+    };
+    let config = build(&mut cx, raw);
+    if cx.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(cx.finish())
+    }
+}
+
+/// Collects errors, turning byte spans into line and column, and parses common value kinds.
+pub(super) struct Cx<'a> {
+    src: &'a str,
+    file: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl Cx<'_> {
+    pub(super) fn err(&mut self, span: Range<usize>, field: &str, message: impl fmt::Display) {
+        let (line, column) = position(self.src, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_string(),
+            line,
+            column,
+            field: field.to_string(),
+            message: message.to_string(),
+        });
+    }
+
+    /// Records that a required field is absent, unless it was present but already reported as
+    /// unreadable (then its key was dropped, and "required" would only repeat that error).
+    pub(super) fn missing(&mut self, span: Range<usize>, field: &str, message: &str) {
+        if !self.errors.iter().any(|e| e.field == field) {
+            self.err(span, field, message);
+        }
+    }
+
+    /// Records `r`'s error at `span` and gives `None`, or gives the value.
+    pub(super) fn check<T>(
+        &mut self,
+        r: Result<T, String>,
+        span: Range<usize>,
+        field: &str,
+    ) -> Option<T> {
+        r.map_err(|m| self.err(span, field, m)).ok()
+    }
+
+    /// A duration field; `nonzero` refuses `"0s"` where zero would disable the thing silently.
+    pub(super) fn duration(
+        &mut self,
+        v: Option<Str>,
+        field: &str,
+        default: Duration,
+        nonzero: bool,
+    ) -> Duration {
+        let Some(v) = v else { return default };
+        let span = v.span();
+        match self.check(values::parse_duration(v.get_ref()), span.clone(), field) {
+            Some(d) if nonzero && d.is_zero() => {
+                self.err(span, field, "must be greater than zero");
+                default
+            }
+            Some(d) => d,
+            None => default,
+        }
+    }
+
+    pub(super) fn size(
+        &mut self,
+        v: Option<Spanned<IntOrStr>>,
+        field: &str,
+        default: usize,
+    ) -> usize {
+        let Some(v) = v else { return default };
+        let span = v.span();
+        let r = match v.into_inner() {
+            IntOrStr::Int(n) => {
+                usize::try_from(n).map_err(|_| format!("expected a size in bytes, got {n}"))
+            }
+            IntOrStr::Str(s) => values::parse_size(&s),
+        };
+        match self.check(r, span.clone(), field) {
+            Some(0) => {
+                self.err(span, field, "must be greater than zero");
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+
+    /// A count that must be at least 1.
+    pub(super) fn nonzero<T: Copy + PartialEq + From<u8>>(
+        &mut self,
+        v: Option<Spanned<T>>,
+        field: &str,
+        default: T,
+    ) -> T {
+        match v {
+            Some(v) if *v.get_ref() == T::from(0) => {
+                self.err(v.span(), field, "must be at least 1");
+                default
+            }
+            Some(v) => *v.get_ref(),
+            None => default,
+        }
+    }
+
+    pub(super) fn statuses(
+        &mut self,
+        v: Option<Vec<Spanned<u16>>>,
+        field: &str,
+        default: &[u16],
+    ) -> Vec<u16> {
+        let Some(v) = v else { return default.to_vec() };
+        v.into_iter()
+            .filter_map(|s| {
+                self.check(
+                    values::check_status(*s.get_ref()).map(|_| *s.get_ref()),
+                    s.span(),
+                    field,
+                )
+            })
+            .collect()
+    }
+
+    fn finish(mut self) -> ConfigErrors {
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        ConfigErrors(self.errors)
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn position(src: &str, offset: usize) -> (usize, usize) {
+    let before = src.get(..offset).unwrap_or(src);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
+    let file::RawFile {
+        workers,
+        admin,
+        access_log,
+        listeners,
+        routes,
+        upstreams,
+    } = raw;
+    let workers = workers.map(|w| cx.nonzero(Some(w), "workers", 1));
+    let (admin, admin_span) = admin_config(cx, admin);
+    let access_log = access_log_config(cx, access_log);
+    let (listeners, listeners_complete) = listener_configs(cx, listeners);
+    if let Some(admin_addr) = admin.listen {
+        if let Some(l) = listeners
+            .iter()
+            .find(|l| l.listen == admin_addr && l.listen.port() != 0)
+        {
+            cx.err(
+                admin_span.clone().unwrap_or(0..0),
+                "admin.listen",
+                format!("{admin_addr} is also the address of listener {:?}", l.name),
+            );
+        }
+    }
+    let upstream_names: Vec<String> = upstreams.iter().map(|u| u.name.get_ref().clone()).collect();
+    let upstreams: BTreeMap<String, _> = upstreams
+        .into_iter()
+        .filter_map(|u| validate_upstream::upstream_config(cx, u))
+        .collect();
+    let routes = route_configs(cx, routes, &listeners, listeners_complete, &upstream_names);
+    Config {
+        workers,
+        admin,
+        access_log,
+        listeners,
+        routes,
+        upstreams,
+    }
+}
+
+/// The admin settings, and where `admin.listen` was written (for a clash with a listener).
+fn admin_config(cx: &mut Cx<'_>, admin: Option<RawAdmin>) -> (AdminConfig, Option<Range<usize>>) {
+    let default = || {
+        Some(
+            defaults::ADMIN_LISTEN
+                .parse()
+                .expect("valid default address"),
+        )
+    };
+    let listen = admin.and_then(|RawAdmin { listen }| listen);
+    let span = listen.as_ref().map(|l| l.span());
+    let listen = match listen {
+        None => default(),
+        Some(v) if v.get_ref() == "off" => None,
+        Some(v) => cx
+            .check(socket_addr(v.get_ref()), v.span(), "admin.listen")
+            .or_else(default),
+    };
+    (AdminConfig { listen }, span)
+}
+
+fn access_log_config(cx: &mut Cx<'_>, v: Option<Str>) -> AccessLog {
+    let Some(v) = v else { return AccessLog::Stdout };
+    match v.get_ref().as_str() {
+        "stdout" => AccessLog::Stdout,
+        "off" => AccessLog::Off,
+        "" => {
+            cx.err(
+                v.span(),
+                "access_log",
+                "expected \"stdout\", \"off\" or a file path",
+            );
+            AccessLog::Stdout
+        }
+        path => AccessLog::File(PathBuf::from(path)),
+    }
+}
+
+fn socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("expected IP:PORT like \"127.0.0.1:8080\" or \"[::]:443\", got {s:?}"))
+}
+
+/// Listeners, and whether every one was read with a valid name (route checks rely on it).
+fn listener_configs(
+    cx: &mut Cx<'_>,
+    raw: Vec<Spanned<Option<RawListener>>>,
+) -> (Vec<ListenerConfig>, bool) {
+    let mut out: Vec<ListenerConfig> = Vec::new();
+    let mut complete = true;
+    let unspecified: SocketAddr = ([0, 0, 0, 0], 0).into();
+    for (i, l) in raw.into_iter().enumerate() {
+        let span = l.span();
+        let Some(l) = l.into_inner() else {
+            complete = false;
+            continue;
+        };
+        let RawListener {
+            name,
+            listen,
+            header_read_timeout,
+            max_header_bytes,
+            max_headers,
+        } = l;
+        let f = |key: &str| format!("listener[{i}].{key}");
+        let name = match name {
+            None => {
+                cx.missing(
+                    span.clone(),
+                    &f("name"),
+                    "required: a name routes can refer to",
+                );
+                None
+            }
+            Some(n) => cx
+                .check(values::check_name(n.get_ref()), n.span(), &f("name"))
+                .map(|_| n),
+        };
+        if let Some(n) = &name {
+            if out.iter().any(|l| &l.name == n.get_ref()) {
+                cx.err(
+                    n.span(),
+                    &f("name"),
+                    format!("duplicate listener name {:?}", n.get_ref()),
+                );
+            }
+        } else {
+            complete = false;
+        }
+        let listen = match listen {
+            None => {
+                cx.missing(
+                    span.clone(),
+                    &f("listen"),
+                    "required: the IP:PORT to accept connections on",
+                );
+                unspecified
+            }
+            Some(v) => {
+                let addr = cx
+                    .check(socket_addr(v.get_ref()), v.span(), &f("listen"))
+                    .unwrap_or(unspecified);
+                if addr.port() != 0 && out.iter().any(|l| l.listen == addr) {
+                    cx.err(
+                        v.span(),
+                        &f("listen"),
+                        format!("{addr} is already used by another listener"),
+                    );
+                }
+                addr
+            }
+        };
+        out.push(ListenerConfig {
+            name: name.map(Spanned::into_inner).unwrap_or_default(),
+            listen,
+            header_read_timeout: cx.duration(
+                header_read_timeout,
+                &f("header_read_timeout"),
+                defaults::HEADER_READ_TIMEOUT,
+                true,
+            ),
+            max_header_bytes: cx.size(
+                max_header_bytes,
+                &f("max_header_bytes"),
+                defaults::MAX_HEADER_BYTES,
+            ),
+            max_headers: cx.nonzero(max_headers, &f("max_headers"), defaults::MAX_HEADERS),
+        });
+    }
+    if out.is_empty() && complete {
+        cx.err(
+            0..0,
+            "listener",
+            "no [[listener]] table: at least one listener is required",
+        );
+    }
+    (out, complete)
+}
+
+fn route_configs(
+    cx: &mut Cx<'_>,
+    raw: Vec<Spanned<Option<RawRoute>>>,
+    listeners: &[ListenerConfig],
+    listeners_complete: bool,
+    upstreams: &[String],
+) -> Vec<RouteConfig> {
+    if raw.is_empty() {
+        cx.err(
+            0..0,
+            "route",
+            "no [[route]] table: at least one route is required",
+        );
+    }
+    let mut out: Vec<RouteConfig> = Vec::new();
+    let mut names: Vec<&str> = Vec::new();
+    for l in listeners {
+        if !names.contains(&l.name.as_str()) {
+            names.push(&l.name);
+        }
+    }
+    for (i, r) in raw.into_iter().enumerate() {
+        let span = r.span();
+        let Some(r) = r.into_inner() else { continue };
+        let RawRoute {
+            listener,
+            host,
+            path_prefix,
+            upstream,
+            timeout,
+            per_try_timeout,
+            retries,
+            retry_non_idempotent,
+            retry_on_status,
+            replay_buffer,
+            retry_budget_ratio,
+            retry_budget_per_second,
+        } = r;
+        let f = |key: &str| format!("route[{i}].{key}");
+        let listener = match listener {
+            Some(l) => {
+                if listeners_complete && !names.contains(&l.get_ref().as_str()) {
+                    cx.err(
+                        l.span(),
+                        &f("listener"),
+                        format!(
+                            "no listener named {:?} (listeners: {})",
+                            l.get_ref(),
+                            names.join(", ")
+                        ),
+                    );
+                }
+                l.into_inner()
+            }
+            None if names.len() == 1 => names[0].to_string(),
+            None => {
+                if listeners_complete && names.len() > 1 {
+                    cx.err(
+                        span.clone(),
+                        &f("listener"),
+                        format!(
+                            "required when there are several listeners ({})",
+                            names.join(", ")
+                        ),
+                    );
+                }
+                String::new()
+            }
+        };
+        let upstream = match upstream {
+            None => {
+                cx.missing(
+                    span.clone(),
+                    &f("upstream"),
+                    "required: the name of an [upstream.NAME] table",
+                );
+                String::new()
+            }
+            Some(u) => {
+                if !upstreams.contains(u.get_ref()) {
+                    cx.err(
+                        u.span(),
+                        &f("upstream"),
+                        format!(
+                            "no [upstream.{}] table (upstreams: {})",
+                            u.get_ref(),
+                            upstreams.join(", ")
+                        ),
+                    );
+                }
+                u.into_inner()
+            }
+        };
+        let host = match host {
+            None => HostPattern::Any,
+            Some(h) => cx
+                .check(
+                    values::parse_host_pattern(h.get_ref()),
+                    h.span(),
+                    &f("host"),
+                )
+                .unwrap_or(HostPattern::Any),
+        };
+        let path_prefix = match path_prefix {
+            None => "/".to_string(),
+            Some(p) if p.get_ref().starts_with('/') => p.into_inner(),
+            Some(p) => {
+                cx.err(
+                    p.span(),
+                    &f("path_prefix"),
+                    format!("must start with '/', got {:?}", p.get_ref()),
+                );
+                "/".to_string()
+            }
+        };
+        let timeout_span = timeout.as_ref().map(|t| t.span());
+        let timeout = cx.duration(timeout, &f("timeout"), defaults::ROUTE_TIMEOUT, true);
+        let per_try_span = per_try_timeout.as_ref().map(|t| t.span());
+        let per_try_timeout = cx.duration(
+            per_try_timeout,
+            &f("per_try_timeout"),
+            defaults::PER_TRY_TIMEOUT,
+            true,
+        );
+        if per_try_timeout > timeout {
+            let at = per_try_span.or(timeout_span).unwrap_or(span.clone());
+            cx.err(at, &f("per_try_timeout"), format!("{per_try_timeout:?} is longer than the route timeout {timeout:?}, so it could never fire"));
+        }
+        let ratio = match retry_budget_ratio {
+            Some(r) if !(0.0..=1.0).contains(r.get_ref()) => {
+                cx.err(
+                    r.span(),
+                    &f("retry_budget_ratio"),
+                    format!("expected a fraction 0.0-1.0, got {}", r.get_ref()),
+                );
+                defaults::RETRY_BUDGET_RATIO
+            }
+            Some(r) => *r.get_ref(),
+            None => defaults::RETRY_BUDGET_RATIO,
+        };
+        let route = RouteConfig {
+            listener,
+            host,
+            path_prefix,
+            upstream,
+            timeout,
+            per_try_timeout,
+            retries: retries.unwrap_or(defaults::RETRIES),
+            retry_non_idempotent: retry_non_idempotent.unwrap_or(false),
+            retry_on_status: cx.statuses(
+                retry_on_status,
+                &f("retry_on_status"),
+                &defaults::RETRY_ON_STATUS,
+            ),
+            replay_buffer: cx.size(replay_buffer, &f("replay_buffer"), defaults::REPLAY_BUFFER),
+            retry_budget_ratio: ratio,
+            retry_budget_per_second: retry_budget_per_second
+                .unwrap_or(defaults::RETRY_BUDGET_PER_SECOND),
+        };
+        let same = |o: &RouteConfig| {
+            o.listener == route.listener
+                && o.host == route.host
+                && o.path_prefix == route.path_prefix
+        };
+        if let Some(j) = out.iter().position(same) {
+            cx.err(
+                span,
+                &format!("route[{i}]"),
+                format!("same listener, host and path_prefix as route[{j}]; it could never match"),
+            );
+        }
+        out.push(route);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::position;
+
+    #[test]
+    fn positions_are_one_based_in_characters() {
+        let src = "a = 1\nbé = \"x\"\n";
+        assert_eq!(position(src, 0), (1, 1));
+        assert_eq!(position(src, 6), (2, 1));
+        assert_eq!(position(src, src.find('=').unwrap()), (1, 3));
+        assert_eq!(position(src, src.rfind('"').unwrap()), (2, 8));
+    }
 }
