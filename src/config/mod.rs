@@ -6,7 +6,10 @@
 
 pub mod check;
 mod file;
+#[cfg(test)]
+mod tests;
 mod validate;
+mod validate_routes;
 mod validate_upstream;
 mod values;
 
