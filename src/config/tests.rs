@@ -303,3 +303,14 @@ fn syntax_errors_carry_their_position() {
     assert_eq!(errors.len(), 1);
     assert_eq!((errors[0].line, errors[0].field.as_str()), (2, ""));
 }
+
+#[test]
+fn quick_equivalent_example_is_the_quick_form() {
+    let src = include_str!("../../examples/quick-equivalent.toml");
+    let config = parse(src, "quick-equivalent.toml").unwrap();
+    let quick = Config::quick(
+        "127.0.0.1:8080".parse().unwrap(),
+        vec!["127.0.0.1:3000".into()],
+    );
+    assert_eq!(config, quick);
+}
