@@ -314,3 +314,21 @@ fn quick_equivalent_example_is_the_quick_form() {
     );
     assert_eq!(config, quick);
 }
+
+/// Truncated or damaged files must give errors, never a panic (spans near the end of the input,
+/// multi-byte characters, half-written tables).
+#[test]
+fn damaged_files_never_panic() {
+    let src = format!(
+        "{}\n# é ü\n",
+        include_str!("../../examples/multi-route.toml")
+    );
+    let boundaries: Vec<usize> = src.char_indices().map(|(i, _)| i).step_by(7).collect();
+    for &cut in &boundaries {
+        let _ = parse(&src[..cut], "cut.toml");
+        let mut damaged = src.clone();
+        damaged.remove(cut);
+        let _ = parse(&damaged, "damaged.toml");
+    }
+    assert!(parse(&src, "whole.toml").is_ok());
+}
