@@ -8,7 +8,7 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Run(args) => gatewise::run::run(&args),
-        Command::Check(_) => ExitCode::from(2),
+        Command::Check(args) => gatewise::config::check::check_offline(&args.files),
         Command::Demo(args) => gatewise::demo::run(&args),
         Command::Explain(args) => gatewise::doctor::explain::run(&args),
     }

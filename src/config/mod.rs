@@ -4,8 +4,14 @@
 //! The request path only ever sees [`Config`]: every duration is a `Duration`, every address a
 //! `SocketAddr`, every reference between sections (route → listener, route → upstream) resolved.
 
+pub mod check;
 mod file;
+#[cfg(test)]
+mod tests;
 mod validate;
+mod validate_routes;
+mod validate_upstream;
+mod values;
 
 pub use validate::{parse, ConfigError, ConfigErrors};
 

@@ -1,0 +1,334 @@
+//! Whole-file tests of [`parse`]: the spec's sample, defaults, and a file with many errors.
+//! Value syntaxes (durations, sizes, targets, hosts) are tested next to their parsers.
+
+use std::time::Duration;
+
+use super::*;
+
+/// The sample from the spec's "Interfaces" section; its keys must keep working.
+const SPEC_SAMPLE: &str = r#"
+[admin]
+listen = "127.0.0.1:9901"
+
+[[listener]]
+name = "public"
+listen = "127.0.0.1:8080"
+
+[[route]]
+listener = "public"
+host = "*"
+path_prefix = "/"
+upstream = "app"
+timeout = "30s"
+per_try_timeout = "5s"
+retries = 2
+
+[upstream.app]
+targets = ["127.0.0.1:3001", "127.0.0.1:3002", "127.0.0.1:3003"]
+balance = "round_robin"
+connect_timeout = "1s"
+idle_timeout = "4s"
+max_connections = 256
+queue_timeout = "2s"
+
+[upstream.app.health]
+path = "/health"
+interval = "500ms"
+timeout = "300ms"
+rise = 2
+fall = 2
+
+[upstream.app.passive]
+consecutive_failures = 3
+base_ejection = "5s"
+max_ejected_percent = 50
+"#;
+
+#[test]
+fn spec_sample_parses_to_the_expected_config() {
+    let config = parse(SPEC_SAMPLE, "spec.toml").unwrap();
+    let targets = ["127.0.0.1:3001", "127.0.0.1:3002", "127.0.0.1:3003"];
+    let mut app = UpstreamConfig::new(targets.iter().map(|t| t.to_string()).collect());
+    app.max_connections = Some(256);
+    app.health = Some(HealthConfig {
+        interval: Duration::from_millis(500),
+        timeout: Duration::from_millis(300),
+        ..HealthConfig::http("/health")
+    });
+    app.passive.consecutive_failures = 3;
+    let mut expected = Config::quick("127.0.0.1:8080".parse().unwrap(), Vec::new());
+    expected.routes = vec![RouteConfig::new("public", "app")];
+    expected.upstreams = [("app".to_string(), app)].into_iter().collect();
+    assert_eq!(config, expected);
+}
+
+#[test]
+fn omitted_fields_take_their_defaults() {
+    let src = r#"
+[[listener]]
+name = "only"
+listen = "127.0.0.1:0"
+
+[[route]]
+upstream = "u"
+
+[upstream.u]
+targets = ["backend:80"]
+"#;
+    let config = parse(src, "min.toml").unwrap();
+    assert_eq!(config.workers, None);
+    assert_eq!(
+        config.admin.listen,
+        Some(defaults::ADMIN_LISTEN.parse().unwrap())
+    );
+    assert_eq!(config.access_log, AccessLog::Stdout);
+    assert_eq!(
+        config.listeners,
+        vec![ListenerConfig::new("only", "127.0.0.1:0".parse().unwrap())]
+    );
+    // The route's listener is implied by there being exactly one.
+    assert_eq!(config.routes, vec![RouteConfig::new("only", "u")]);
+    assert_eq!(
+        config.upstreams["u"],
+        UpstreamConfig::new(vec!["backend:80".into()])
+    );
+}
+
+#[test]
+fn every_key_is_converted() {
+    let src = r#"
+workers = 3
+access_log = "/var/log/gatewise.log"
+[admin]
+listen = "off"
+[[listener]]
+name = "a"
+listen = "[::1]:8443"
+header_read_timeout = "1m30s"
+max_header_bytes = "16KiB"
+max_headers = 50
+[[listener]]
+name = "b"
+listen = "127.0.0.1:8080"
+[[route]]
+listener = "b"
+host = "*.Example.com"
+path_prefix = "/api"
+upstream = "u"
+timeout = "10s"
+per_try_timeout = "2s"
+retries = 0
+retry_non_idempotent = true
+retry_on_status = [503]
+replay_buffer = 1024
+retry_budget_ratio = 0.5
+retry_budget_per_second = 3
+[upstream.u]
+targets = ["10.0.0.1:80"]
+balance = "least_request"
+protocol = "http1"
+max_idle_per_target = 8
+queue_size = 0
+body_idle_timeout = "1h"
+max_response_header_bytes = "1MiB"
+slow_start = "0s"
+panic_threshold = 25
+[upstream.u.health]
+type = "tcp"
+[upstream.u.passive]
+consecutive_failures = 0
+max_ejection = "10s"
+failure_statuses = [500, 502]
+"#;
+    let c = parse(src, "all.toml").unwrap();
+    assert_eq!(c.workers, Some(3));
+    assert_eq!(
+        c.access_log,
+        AccessLog::File("/var/log/gatewise.log".into())
+    );
+    assert_eq!(c.admin.listen, None);
+    let a = &c.listeners[0];
+    assert_eq!(
+        (
+            a.listen.port(),
+            a.header_read_timeout,
+            a.max_header_bytes,
+            a.max_headers
+        ),
+        (8443, Duration::from_secs(90), 16384, 50)
+    );
+    let r = &c.routes[0];
+    assert_eq!(
+        (r.listener.as_str(), &r.host, r.path_prefix.as_str()),
+        ("b", &HostPattern::Suffix(".example.com".into()), "/api")
+    );
+    assert_eq!(
+        (
+            r.timeout,
+            r.per_try_timeout,
+            r.retries,
+            r.retry_non_idempotent
+        ),
+        (Duration::from_secs(10), Duration::from_secs(2), 0, true)
+    );
+    assert_eq!(
+        (
+            r.retry_on_status.as_slice(),
+            r.replay_buffer,
+            r.retry_budget_ratio,
+            r.retry_budget_per_second
+        ),
+        (&[503][..], 1024, 0.5, 3)
+    );
+    let u = &c.upstreams["u"];
+    assert_eq!(
+        (
+            u.balance,
+            u.max_idle_per_target,
+            u.queue_size,
+            u.max_response_header_bytes
+        ),
+        (Balance::LeastRequest, 8, 0, 1 << 20)
+    );
+    assert_eq!(
+        (u.body_idle_timeout, u.slow_start, u.panic_threshold),
+        (Duration::from_secs(3600), Duration::ZERO, Some(0.25))
+    );
+    assert_eq!(
+        u.health.as_ref().map(|h| &h.kind),
+        Some(&HealthCheckKind::Tcp)
+    );
+    assert_eq!(
+        (u.passive.consecutive_failures, u.passive.max_ejection),
+        (0, Duration::from_secs(10))
+    );
+    assert_eq!(u.passive.failure_statuses, vec![500, 502]);
+}
+
+/// Each line marked `# <- error` must produce an error on that line, and nothing else may.
+const MANY_ERRORS: &str = r#"workers = 0 # <- error
+unknown_top = 1 # <- error
+[[listener]]
+name = "public"
+listen = "127.0.0.1:99999" # <- error
+colour = "red" # <- error
+[[route]]
+upstream = "nope" # <- error
+path_prefix = "api" # <- error
+timeout = "1s"
+per_try_timeout = "2s" # <- error
+retries = "two" # <- error
+[upstream.app]
+targets = ["127.0.0.1", "app:80"] # <- error
+protocol = "h2c" # <- error
+panic_threshold = 150 # <- error
+[upstream.app.health]
+interval = "fast" # <- error
+expected_status = "399-200" # <- error
+fall = 0 # <- error
+[upstream.app.passive]
+max_ejected_percent = 101 # <- error
+typo = 1 # <- error
+"#;
+
+#[test]
+fn every_error_is_reported_with_its_line() {
+    let errors = parse(MANY_ERRORS, "bad.toml").unwrap_err().0;
+    let got: Vec<usize> = errors.iter().map(|e| e.line).collect();
+    let want: Vec<usize> = MANY_ERRORS
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.ends_with("# <- error"))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(got, want, "{}", ConfigErrors(errors.clone()));
+    assert!(errors.iter().all(|e| e.file == "bad.toml" && e.column >= 1));
+    let field = |line: usize| {
+        errors
+            .iter()
+            .find(|e| e.line == line)
+            .unwrap()
+            .field
+            .as_str()
+    };
+    assert_eq!(field(5), "listener[0].listen");
+    assert_eq!(field(6), "listener[0].colour");
+    assert_eq!(field(12), "route[0].retries");
+    assert_eq!(field(15), "upstream.app.protocol");
+    assert_eq!(field(23), "upstream.app.passive.typo");
+    let protocol = errors.iter().find(|e| e.line == 15).unwrap();
+    assert_eq!(protocol.column, 12);
+    assert!(
+        protocol.message.contains("not supported yet"),
+        "{}",
+        protocol.message
+    );
+}
+
+#[test]
+fn missing_sections_and_ambiguous_listener_are_errors() {
+    let errors = parse("", "empty.toml").unwrap_err().0;
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["listener", "route"]);
+
+    let src = r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:1"
+[[listener]]
+name = "b"
+listen = "127.0.0.1:1"
+[[route]]
+upstream = "u"
+[upstream.u]
+targets = []
+"#;
+    let errors = parse(src, "t.toml").unwrap_err().0;
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (7, "listener[1].listen"),
+            (8, "route[0].listener"),
+            (11, "upstream.u.targets")
+        ]
+    );
+}
+
+#[test]
+fn syntax_errors_carry_their_position() {
+    let errors = parse("workers = 2\n[[listener]\n", "syn.toml")
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1);
+    assert_eq!((errors[0].line, errors[0].field.as_str()), (2, ""));
+}
+
+#[test]
+fn quick_equivalent_example_is_the_quick_form() {
+    let src = include_str!("../../examples/quick-equivalent.toml");
+    let config = parse(src, "quick-equivalent.toml").unwrap();
+    let quick = Config::quick(
+        "127.0.0.1:8080".parse().unwrap(),
+        vec!["127.0.0.1:3000".into()],
+    );
+    assert_eq!(config, quick);
+}
+
+/// Truncated or damaged files must give errors, never a panic (spans near the end of the input,
+/// multi-byte characters, half-written tables).
+#[test]
+fn damaged_files_never_panic() {
+    let src = format!(
+        "{}\n# é ü\n",
+        include_str!("../../examples/multi-route.toml")
+    );
+    let boundaries: Vec<usize> = src.char_indices().map(|(i, _)| i).step_by(7).collect();
+    for &cut in &boundaries {
+        let _ = parse(&src[..cut], "cut.toml");
+        let mut damaged = src.clone();
+        damaged.remove(cut);
+        let _ = parse(&damaged, "damaged.toml");
+    }
+    assert!(parse(&src, "whole.toml").is_ok());
+}
