@@ -66,7 +66,7 @@ impl Gateway {
                     .clone();
                 let route = Arc::new(Route {
                     name: Arc::from(format!("{}#{i}", lc.name)),
-                    budget: RetryBudget::new(rc.retry_budget_ratio, rc.retry_budget_per_second),
+                    budget: RetryBudget::for_route(rc, tokio::time::Instant::now()),
                     config: rc.clone(),
                     upstream,
                 });
@@ -127,6 +127,9 @@ impl Gateway {
                 "listening"
             );
             tasks.spawn(crate::server::listener::serve(socket, config, state));
+        }
+        for upstream in self.shared.upstreams.values() {
+            tasks.spawn(upstream.clone().run_health());
         }
         if let Some(admin) = self.admin {
             tracing::info!(addr = %admin.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin listening");

@@ -51,6 +51,10 @@ impl Progress {
     }
 }
 
+/// A failed attempt, with the request handed back when none of it was sent (so even a
+/// streamed body can go to the next target).
+pub type Failure = (UpstreamError, Option<Request<UpstreamBody>>);
+
 /// Sends `req` to `target` and waits for the response head.
 ///
 /// Pooled connections that turn out closed before anything was written are dropped and the
@@ -60,11 +64,14 @@ pub async fn send(
     target: &Target,
     mut req: Request<UpstreamBody>,
     progress: &mut Progress,
-) -> Result<(Response<Incoming>, Conn), UpstreamError> {
+) -> Result<(Response<Incoming>, Conn), Failure> {
     loop {
         let mut conn = match target.pool.take_idle() {
             Some(conn) => conn,
-            None => target.pool.connect().await?,
+            None => match target.pool.connect().await {
+                Ok(conn) => conn,
+                Err(err) => return Err((err, Some(req))),
+            },
         };
         progress.reused = conn.reused;
         if conn.reused && conn.sender.ready().await.is_err() {
@@ -78,7 +85,7 @@ pub async fn send(
                     req = unsent;
                     progress.sending = None;
                 }
-                _ => return Err(classify(err.error(), progress, &target.addr)),
+                unsent => return Err((classify(err.error(), progress, &target.addr), unsent)),
             },
         }
     }

@@ -23,7 +23,7 @@ use crate::config::RouteConfig;
 use crate::observe::access_log::{AccessLog, Attempt};
 use crate::routing::RouteTable;
 use crate::upstream::balancer::Tried;
-use crate::upstream::Upstream;
+use crate::upstream::{Target, Upstream};
 
 /// A route with what it needs at run time.
 pub struct Route {
@@ -100,115 +100,109 @@ async fn forward(
     let deadline = log.start + route.config.timeout;
     let idempotency_key = retry::has_idempotency_key(&head.headers);
     route.budget.on_request(log.start);
+    let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
-    let mut last_error: Option<UpstreamError> = None;
+    // A request an attempt handed back unsent: the next attempt sends it as it is.
+    let mut unsent: Option<Request<crate::body::UpstreamBody>> = None;
 
     loop {
-        let now = Instant::now();
-        let Some(index) = upstream.pick(tried) else {
-            let (cause, detail) = match &last_error {
-                Some(e) => (e.cause, e.detail.clone()),
-                None => (
-                    Cause::DestinationUnavailable,
-                    format!("no target of {} can take traffic", upstream.name),
-                ),
-            };
-            return fail(log, cause, &detail);
+        let (target, in_flight) = match upstream.acquire(tried, deadline).await {
+            Ok(picked) => picked,
+            Err(err) => return fail(log, err.cause, &err.detail),
         };
-        tried.insert(index);
-        let target = upstream.targets[index].clone();
-        let Some(up_body) = body.for_attempt() else {
-            // A streamed body was already sent once: it cannot be sent again.
-            let e = last_error.expect("a streamed body is only consumed by an attempt");
-            return fail(log, e.cause, &e.detail);
+        tried.insert(target.index);
+        let req = match unsent.take() {
+            Some(req) => req,
+            None => match body.for_attempt() {
+                Some(up_body) => Request::from_parts(clone_head(&head), up_body),
+                // Only a streamed body is ever used up, and only by an attempt that failed.
+                None => return fail(log, Cause::ProxyInternalError, "request body already sent"),
+            },
         };
-        let req = Request::from_parts(clone_head(&head), up_body);
 
+        let started = Instant::now();
         let per_try = route
             .config
             .per_try_timeout
-            .min(deadline.saturating_duration_since(now));
-        let in_flight = target.start_request();
+            .min(deadline.saturating_duration_since(started));
         let mut progress = Progress::default();
         let sent = tokio::time::timeout(per_try, attempt::send(&target, req, &mut progress)).await;
-        let result = sent.unwrap_or_else(|_| {
-            Err(progress.timeout_error(format!("{} after {}ms", target.addr, per_try.as_millis())))
-        });
-        let mut attempt = Attempt {
+        let result = match sent {
+            Ok(Ok(ok)) => Ok(ok),
+            Ok(Err((err, back))) => {
+                unsent = back;
+                Err(err)
+            }
+            Err(_) => {
+                let detail = format!("{} after {}ms", target.addr, per_try.as_millis());
+                Err(progress.timeout_error(detail))
+            }
+        };
+        let status = result.as_ref().ok().map(|(resp, _)| resp.status());
+        upstream.observe(&target, result.as_ref().err(), status);
+        log.attempts.push(Attempt {
             target: target.addr.clone(),
-            cause: None,
-            status: None,
-            request_sent: true,
+            cause: result.as_ref().err().map(|e| e.cause),
+            status: status.map(|s| s.as_u16()),
+            request_sent: result.as_ref().map_or_else(|e| e.request_sent, |_| true),
             reused: progress.reused,
-            duration_ms: now.elapsed(),
-        };
+            duration_ms: started.elapsed(),
+        });
 
-        let outcome = match &result {
-            Ok((resp, _)) => retry::Outcome::Status(resp.status()),
-            Err(e) => retry::Outcome::Failed(e),
-        };
+        let now = Instant::now();
+        let next_delay = retry::backoff(log.attempts.len() as u32, &mut rng);
         let input = retry::RetryInput {
             method: &head.method,
             has_idempotency_key: idempotency_key,
             route_allows_non_idempotent: route.config.retry_non_idempotent,
-            body_replayable: body.replayable(),
-            outcome,
+            body_replayable: body.replayable() || unsent.is_some(),
+            outcome: match &result {
+                Ok((resp, _)) => retry::Outcome::Status(resp.status()),
+                Err(e) => retry::Outcome::Failed(e),
+            },
             retry_on_status: &route.config.retry_on_status,
-            attempts_made: log.attempts.len() as u32 + 1,
+            attempts_made: log.attempts.len() as u32,
             max_retries: route.config.retries,
+            time_left: deadline.saturating_duration_since(now),
+            next_delay,
         };
-        let decision = retry::decide(&input);
-        let retry_now = match decision {
-            retry::Decision::Retry if Instant::now() >= deadline => {
-                log.retry_stop = Some(retry::StopReason::DeadlineExceeded.as_str());
-                false
-            }
-            retry::Decision::Retry if !route.budget.try_spend(Instant::now()) => {
-                log.retry_stop = Some(retry::StopReason::BudgetExhausted.as_str());
-                false
-            }
-            retry::Decision::Retry => true,
-            retry::Decision::Stop(reason) => {
-                if result.is_err() || input_is_retry_status(&input) {
-                    log.retry_stop = Some(reason.as_str());
-                }
-                false
-            }
-        };
+        let decision = retry::decide_with_budget(&input, &route.budget, now);
+        let retrying = matches!(decision, retry::Decision::Retry(_));
+        if let (retry::Decision::Stop(reason), false) = (decision, is_plain_success(&result, route))
+        {
+            log.retry_stop = Some(reason.as_str());
+        }
 
         match result {
-            Ok((resp, conn)) => {
-                attempt.status = Some(resp.status().as_u16());
-                log.attempts.push(attempt);
-                if retry_now {
-                    // A retryable status from this target: try another one.
-                    continue;
-                }
+            Ok((resp, conn)) if !retrying => {
                 log.target = Some(target.addr.clone());
                 return relay(resp, conn, target, in_flight, route, log);
             }
-            Err(err) => {
-                attempt.cause = Some(err.cause);
-                attempt.request_sent = err.request_sent;
-                log.attempts.push(attempt);
-                tracing::debug!(target = %target.addr, error = %err, "attempt failed");
-                last_error = Some(err);
-                if !retry_now {
-                    let e = last_error.take().expect("just set");
-                    log.target = Some(target.addr.clone());
-                    return fail(log, e.cause, &e.detail);
-                }
+            Err(err) if !retrying => {
+                log.target = Some(target.addr.clone());
+                return fail(log, err.cause, &err.detail);
+            }
+            Ok(_) | Err(_) => {
+                tracing::debug!(target = %target.addr, ?decision, "retrying on another target");
                 drop(in_flight);
-                let wait = retry::backoff(log.attempts.len() as u32, &mut fastrand::Rng::new());
-                tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now())))
-                    .await;
+                tokio::time::sleep(next_delay).await;
             }
         }
     }
 }
 
-fn input_is_retry_status(input: &retry::RetryInput<'_>) -> bool {
-    matches!(input.outcome, retry::Outcome::Status(s) if input.retry_on_status.contains(&s.as_u16()))
+/// A response that is not a retryable status: nothing to say about retries in the log.
+fn is_plain_success(
+    result: &Result<(Response<Incoming>, crate::upstream::pool::Conn), UpstreamError>,
+    route: &Route,
+) -> bool {
+    match result {
+        Ok((resp, _)) => !route
+            .config
+            .retry_on_status
+            .contains(&resp.status().as_u16()),
+        Err(_) => false,
+    }
 }
 
 fn clone_head(head: &http::request::Parts) -> http::request::Parts {
@@ -224,7 +218,7 @@ fn clone_head(head: &http::request::Parts) -> http::request::Parts {
 fn relay(
     resp: Response<Incoming>,
     conn: crate::upstream::pool::Conn,
-    target: Arc<crate::upstream::Target>,
+    target: Arc<Target>,
     in_flight: crate::upstream::InFlight,
     route: &Route,
     mut log: RequestLog,

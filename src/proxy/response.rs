@@ -48,6 +48,10 @@ pub fn error_response(
         headers.insert(PROXY_STATUS.clone(), v);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if cause == Cause::HttpRequestError {
+        // After a malformed request the connection's framing cannot be trusted.
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(secs) = cause.retry_after() {
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }

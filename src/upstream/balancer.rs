@@ -66,9 +66,13 @@ impl Balancer {
         match self.policy {
             Balance::RoundRobin if ramping => weighted_random(candidates, &usable),
             Balance::RoundRobin => {
-                let n = candidates.len();
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+                // The k-th usable target, so a target after an unusable one gets no extra share.
+                let n = (0..candidates.len()).filter(|&i| usable(i)).count();
+                if n == 0 {
+                    return None;
+                }
+                let k = self.next.fetch_add(1, Ordering::Relaxed) % n;
+                (0..candidates.len()).filter(|&i| usable(i)).nth(k)
             }
             Balance::LeastRequest => least_request(candidates, &usable),
         }

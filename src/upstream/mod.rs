@@ -1,53 +1,31 @@
 //! Upstreams: targets, their health, our own connection pool, and balancing.
+//!
+//! [`Upstream::acquire`] is where a request gets a target: among the targets that may take
+//! traffic (health, slow-start weight, panic mode) and have a free slot (`max_connections`), the
+//! balancer picks one, preferring targets this request has not tried. When none can be had, the
+//! request waits — in the bounded queue while targets are merely busy, or for the first health
+//! answer at start — and otherwise fails fast with a 503 cause, never hangs.
 
 pub mod balancer;
 pub mod health;
 pub mod io;
 pub mod pool;
+mod target;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
 use crate::config::UpstreamConfig;
+use crate::proxy::error::{Cause, Phase, UpstreamError};
 use balancer::{Balancer, Candidate, Tried};
-use pool::{PoolSettings, TargetPool};
-
-/// One `host:port` an upstream sends to.
-pub struct Target {
-    pub addr: Arc<str>,
-    pub pool: TargetPool,
-    in_flight: AtomicU32,
-}
-
-impl Target {
-    fn new(addr: &str, settings: PoolSettings) -> Self {
-        let addr: Arc<str> = Arc::from(addr);
-        Self {
-            pool: TargetPool::new(addr.clone(), settings),
-            addr,
-            in_flight: AtomicU32::new(0),
-        }
-    }
-
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request in flight until the guard drops.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-}
-
-/// A request in flight on a target; dropping it ends the count.
-pub struct InFlight(Arc<Target>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
+use health::passive;
+use health::pool_rules::{may_eject, panic_mode};
+use health::state::{Policy, State, TargetHealth};
+use pool::PoolSettings;
+pub use target::{InFlight, Target};
 
 /// A named pool of targets with one balancing policy.
 pub struct Upstream {
@@ -55,6 +33,19 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub targets: Vec<Arc<Target>>,
     balancer: Balancer,
+    /// Signalled when a slot frees up or a target's health changes.
+    changed: Arc<Notify>,
+    /// Requests waiting in the queue now.
+    queued: AtomicUsize,
+}
+
+/// Why no target could be had right now.
+enum Pick {
+    Got(Arc<Target>, InFlight),
+    /// Targets may take traffic but every one is at `max_connections`.
+    Saturated,
+    /// No target may take traffic.
+    NoneRoutable,
 }
 
 impl Upstream {
@@ -65,49 +56,221 @@ impl Upstream {
             max_idle: config.max_idle_per_target,
             max_response_header_bytes: config.max_response_header_bytes,
         };
+        let changed = Arc::new(Notify::new());
+        let policy = Policy::from_upstream(&config);
         let targets = config
             .targets
             .iter()
-            .map(|addr| Arc::new(Target::new(addr, settings.clone())))
+            .enumerate()
+            .map(|(i, addr)| {
+                Arc::new(Target::new(
+                    i,
+                    addr,
+                    settings.clone(),
+                    config.max_connections,
+                    TargetHealth::new(policy),
+                    changed.clone(),
+                ))
+            })
             .collect();
         Self {
             name: Arc::from(name),
             balancer: Balancer::new(config.balance),
             config,
             targets,
+            changed,
+            queued: AtomicUsize::new(0),
         }
     }
 
-    /// Picks a target for the next attempt, preferring ones not in `tried`.
-    pub fn pick(&self, tried: Tried) -> Option<usize> {
-        let mut candidates = [Candidate {
-            weight: 0.0,
-            in_flight: 0,
-        }; 16];
-        if self.targets.len() <= candidates.len() {
-            let cands = &mut candidates[..self.targets.len()];
-            self.fill_candidates(cands);
-            self.balancer.pick(cands, tried)
-        } else {
-            let mut cands = vec![candidates[0]; self.targets.len()];
-            self.fill_candidates(&mut cands);
-            self.balancer.pick(&cands, tried)
-        }
+    /// Whether any target may take traffic now (the gateway's `/ready`).
+    pub fn has_routable_target(&self) -> bool {
+        self.targets.iter().any(|t| t.routable())
     }
 
-    fn fill_candidates(&self, out: &mut [Candidate]) {
-        for (slot, target) in out.iter_mut().zip(&self.targets) {
-            *slot = Candidate {
-                weight: 1.0,
-                in_flight: target.in_flight(),
+    /// A target and an in-flight slot on it for the next attempt, preferring targets not in
+    /// `tried`. Waits while targets are busy (queue) or health is not yet known (startup), never
+    /// past `deadline`.
+    pub async fn acquire(
+        &self,
+        tried: Tried,
+        deadline: Instant,
+    ) -> Result<(Arc<Target>, InFlight), UpstreamError> {
+        let mut queue: Option<(QueueSlot<'_>, Instant)> = None;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let wait_until = match self.try_pick(tried) {
+                Pick::Got(target, slot) => return Ok((target, slot)),
+                Pick::Saturated => {
+                    if queue.is_none() {
+                        let slot = self
+                            .enter_queue()
+                            .ok_or_else(|| self.limit_error("queue full"))?;
+                        queue = Some((slot, Instant::now() + self.config.queue_timeout));
+                    }
+                    queue
+                        .as_ref()
+                        .map_or(deadline, |(_, until)| (*until).min(deadline))
+                }
+                Pick::NoneRoutable if self.targets.iter().any(|t| !t.known()) => deadline,
+                Pick::NoneRoutable => return Err(self.unavailable()),
             };
+            tokio::select! {
+                () = &mut changed => {}
+                () = tokio::time::sleep_until(wait_until) => {
+                    return Err(match self.try_pick(tried) {
+                        Pick::Got(target, slot) => return Ok((target, slot)),
+                        Pick::Saturated => self.limit_error("queue timeout"),
+                        Pick::NoneRoutable => self.unavailable(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn try_pick(&self, tried: Tried) -> Pick {
+        let now = Instant::now();
+        let healthy = self.targets.iter().filter(|t| t.routable()).count();
+        let panic = panic_mode(healthy, self.targets.len(), self.config.panic_threshold);
+        let mut saturated = false;
+        let mut candidates = Vec::with_capacity(self.targets.len());
+        for t in &self.targets {
+            let weight = if panic && t.state() != State::Draining {
+                1.0
+            } else {
+                t.weight(now)
+            };
+            let weight = if weight > 0.0 && !t.has_capacity() {
+                saturated = true;
+                0.0
+            } else {
+                weight
+            };
+            candidates.push(Candidate {
+                weight,
+                in_flight: t.in_flight(),
+            });
+        }
+        // A slot can be taken between the look and the grab; pick again a few times.
+        for _ in 0..4 {
+            let Some(i) = self.balancer.pick(&candidates, tried) else {
+                break;
+            };
+            match self.targets[i].try_start() {
+                Some(slot) => return Pick::Got(self.targets[i].clone(), slot),
+                None => {
+                    candidates[i].weight = 0.0;
+                    saturated = true;
+                }
+            }
+        }
+        if saturated {
+            Pick::Saturated
+        } else {
+            Pick::NoneRoutable
+        }
+    }
+
+    fn enter_queue(&self) -> Option<QueueSlot<'_>> {
+        let size = self.config.queue_size;
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < size).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| QueueSlot(&self.queued))
+    }
+
+    fn limit_error(&self, why: &str) -> UpstreamError {
+        let detail = format!("{}: every target at max_connections, {why}", self.name);
+        UpstreamError::before_send(Cause::ConnectionLimitReached, Phase::Queue, detail)
+    }
+
+    fn unavailable(&self) -> UpstreamError {
+        let detail = format!("{}: no healthy target", self.name);
+        UpstreamError::before_send(Cause::DestinationUnavailable, Phase::Queue, detail)
+    }
+
+    /// Passive health: what one attempt on `target` says about it.
+    pub fn observe(
+        &self,
+        target: &Target,
+        err: Option<&UpstreamError>,
+        status: Option<http::StatusCode>,
+    ) {
+        let verdict = match (err, status) {
+            (Some(e), _) => passive::classify_error(e),
+            (None, Some(s)) => passive::classify_status(s.as_u16(), &self.config.passive),
+            (None, None) => passive::Verdict::Neutral,
+        };
+        match verdict.as_traffic() {
+            Some(true) if !target.failing() => {}
+            Some(ok) => {
+                target.note_traffic(ok);
+                let ejected = self.targets.iter().filter(|t| t.is_ejected()).count();
+                let allowed = may_eject(
+                    ejected,
+                    self.targets.len(),
+                    self.config.passive.max_ejected_percent,
+                );
+                target.observe(|h| h.traffic(ok, Instant::now(), allowed));
+            }
+            None => {}
+        }
+    }
+
+    /// Runs active checks and the health clock (ejection ends, slow-start ends) until dropped.
+    pub async fn run_health(self: Arc<Self>) {
+        let checks = self.config.health.clone().map(|cfg| {
+            let me = self.clone();
+            let addrs = self.config.targets.clone();
+            tokio::spawn(health::active::run_checks(addrs, cfg, move |i, outcome| {
+                let target = &me.targets[i];
+                target.mark_known();
+                if !outcome.ok {
+                    tracing::debug!(target = %target.addr, detail = %outcome.detail, "health check failed");
+                }
+                target.observe(|h| h.active_check(outcome.ok, Instant::now()));
+            }))
+        });
+        let _abort_checks = AbortOnDrop(checks);
+        loop {
+            let changed = self.changed.notified();
+            let next = self.targets.iter().filter_map(|t| t.next_deadline()).min();
+            match next {
+                Some(at) => {
+                    tokio::select! {
+                        () = changed => {}
+                        () = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => changed.await,
+            }
+            let now = Instant::now();
+            for t in &self.targets {
+                t.observe(|h| h.tick(now));
+            }
         }
     }
 }
 
-impl Upstream {
-    /// Whether any target may take traffic now.
-    pub fn has_routable_target(&self) -> bool {
-        !self.targets.is_empty()
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// A place in an upstream's wait queue, given back on drop.
+struct QueueSlot<'a>(&'a AtomicUsize);
+
+impl Drop for QueueSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -1,0 +1,165 @@
+//! One target of an upstream: its pool, its in-flight count (bounded by `max_connections`) and
+//! its health, with the few facts the balancer reads on every request cached in atomics.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::health::state::{State, TargetHealth, Transition};
+use super::pool::{PoolSettings, TargetPool};
+
+/// Cached routing mode, so a pick reads an atomic instead of taking the health lock.
+const NOT_ROUTABLE: u8 = 0;
+const FULL: u8 = 1;
+const RAMPING: u8 = 2;
+
+pub struct Target {
+    pub index: usize,
+    pub addr: Arc<str>,
+    pub pool: TargetPool,
+    in_flight: AtomicU32,
+    /// Requests allowed in flight at once.
+    max_in_flight: u32,
+    health: Mutex<TargetHealth>,
+    mode: AtomicU8,
+    ejected: AtomicBool,
+    /// Passive failures in a row, so a success need not take the health lock when there were none.
+    failures: AtomicU32,
+    /// Set once an active check has answered (or at once when there is no check).
+    known: AtomicBool,
+    /// Signalled when a slot frees up or the health changes (shared by the upstream's targets).
+    pub(super) changed: Arc<Notify>,
+}
+
+impl Target {
+    pub(super) fn new(
+        index: usize,
+        addr: &str,
+        settings: PoolSettings,
+        max_in_flight: Option<u32>,
+        health: TargetHealth,
+        changed: Arc<Notify>,
+    ) -> Self {
+        let addr: Arc<str> = Arc::from(addr);
+        let known = !health.policy().active_check;
+        let target = Self {
+            index,
+            pool: TargetPool::new(addr.clone(), settings),
+            addr,
+            in_flight: AtomicU32::new(0),
+            max_in_flight: max_in_flight.unwrap_or(u32::MAX),
+            health: Mutex::new(health),
+            mode: AtomicU8::new(NOT_ROUTABLE),
+            ejected: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
+            known: AtomicBool::new(known),
+            changed,
+        };
+        target.refresh(&target.health.lock().expect("health lock"));
+        target
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn has_capacity(&self) -> bool {
+        self.in_flight() < self.max_in_flight
+    }
+
+    /// Takes an in-flight slot if one is free.
+    pub fn try_start(self: &Arc<Self>) -> Option<InFlight> {
+        let max = self.max_in_flight;
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(self.clone()))
+    }
+
+    pub fn routable(&self) -> bool {
+        self.mode.load(Ordering::Relaxed) != NOT_ROUTABLE
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Whether health is known (an active check answered, or there is none).
+    pub fn known(&self) -> bool {
+        self.known.load(Ordering::Relaxed)
+    }
+
+    /// Share of traffic now: 0 when not routable, below 1 while ramping up after a return.
+    pub fn weight(&self, now: Instant) -> f64 {
+        match self.mode.load(Ordering::Relaxed) {
+            NOT_ROUTABLE => 0.0,
+            FULL => 1.0,
+            _ => self.health.lock().expect("health lock").weight(now),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.health.lock().expect("health lock").state()
+    }
+
+    /// Applies one observation to the health state machine; logs and publishes a transition.
+    pub fn observe(&self, f: impl FnOnce(&mut TargetHealth) -> Option<Transition>) {
+        let mut health = self.health.lock().expect("health lock");
+        let transition = f(&mut health);
+        self.refresh(&health);
+        drop(health);
+        if let Some(t) = transition {
+            tracing::info!(target = %self.addr, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "health changed");
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Whether recent traffic to this target failed (a success then has something to reset).
+    pub(super) fn failing(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) > 0
+    }
+
+    pub(super) fn note_traffic(&self, ok: bool) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(super) fn mark_known(&self) {
+        self.known.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.health.lock().expect("health lock").next_deadline()
+    }
+
+    fn refresh(&self, health: &TargetHealth) {
+        let state = health.state();
+        let mode = match state {
+            State::Starting { .. } => RAMPING,
+            s if s.routable() => FULL,
+            _ => NOT_ROUTABLE,
+        };
+        self.mode.store(mode, Ordering::Relaxed);
+        self.ejected
+            .store(matches!(state, State::Ejected { .. }), Ordering::Relaxed);
+    }
+}
+
+/// A request in flight on a target; dropping it frees the slot and wakes one queued request.
+pub struct InFlight(Arc<Target>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let before = self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if before >= self.0.max_in_flight {
+            self.0.changed.notify_waiters();
+        }
+    }
+}
