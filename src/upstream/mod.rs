@@ -232,7 +232,12 @@ impl Upstream {
                 if !outcome.ok {
                     tracing::debug!(target = %target.addr, detail = %outcome.detail, "health check failed");
                 }
-                target.observe(|h| h.active_check(outcome.ok, Instant::now()));
+                // A target that becomes ready while others serve ramps up (slow start).
+                let others_serve = me.targets.iter().any(|t| t.index != i && t.routable());
+                target.observe(|h| {
+                    h.set_ramp_first(others_serve);
+                    h.active_check(outcome.ok, Instant::now())
+                });
             }))
         });
         let _abort_checks = AbortOnDrop(checks);

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod chaos;
 mod config;
+mod failover;
 mod health;
 mod proxy;

@@ -28,8 +28,9 @@
 //! - A target that becomes routable again (ejection over, checks recovered, discovery back)
 //!   enters `Starting` for the slow-start window, measured from the moment it became routable
 //!   (for an ejection: its `until`, even if `tick` comes late). The very first pass at gateway
-//!   start does not ramp (the whole pool is new, nothing to protect it from); a target added to
-//!   a running pool ([`TargetHealth::added`]) does.
+//!   start does not ramp (the whole pool is new, nothing to protect it from) unless the caller
+//!   says other targets already serve ([`TargetHealth::set_ramp_first`]); a target added to a
+//!   running pool ([`TargetHealth::added`]) does.
 
 use std::fmt;
 use std::time::Duration;
@@ -274,6 +275,12 @@ impl TargetHealth {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Whether the first passing check ever should ramp: the caller says so when the pool
+    /// already has routable targets, so a late starter does not take a full share cold.
+    pub fn set_ramp_first(&mut self, ramp: bool) {
+        self.ramp_first = ramp;
     }
 
     /// An active check result.

@@ -1,6 +1,8 @@
 //! Test fixtures: mock upstreams with scripted behaviour, a gateway on port 0, a client, and
 //! the captured access log.
 
+pub mod node;
+pub mod traffic;
 pub mod upstream;
 
 use std::net::SocketAddr;

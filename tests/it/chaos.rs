@@ -1,0 +1,314 @@
+//! Absorbing upstream failures: crashes, keep-alive races, resets, slow targets — and never
+//! executing a POST twice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tokio::io::AsyncReadExt;
+
+use crate::support::node::Node;
+use crate::support::traffic::{self, errors};
+use crate::support::upstream;
+use crate::support::{self, client, get, send};
+
+async fn fleet(n: usize) -> Vec<Arc<Node>> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Node::start().await);
+    }
+    nodes
+}
+
+fn addrs(nodes: &[Arc<Node>]) -> Vec<std::net::SocketAddr> {
+    nodes.iter().map(|n| n.addr).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_target_mid_traffic_loses_no_get() {
+    let nodes = fleet(3).await;
+    let mut cfg = support::config(&addrs(&nodes));
+    support::upstream_of(&mut cfg).health = None;
+    let gw = support::start(cfg).await;
+    nodes[0].set_delay(Duration::from_millis(5));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(traffic::run(
+        client(),
+        gw.url("/"),
+        Method::GET,
+        4,
+        Duration::ZERO,
+        150,
+        stop.clone(),
+    ));
+    // Kill once traffic is flowing through the node, with requests in flight on it.
+    while nodes[0].requests() < 20 {
+        tokio::task::yield_now().await;
+    }
+    nodes[0].kill();
+    let outcomes = load.await.unwrap();
+    assert_eq!(outcomes.len(), 600);
+    assert!(
+        errors(&outcomes).is_empty(),
+        "client-visible errors: {:?}",
+        errors(&outcomes)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_during_a_crash_is_never_executed_twice() {
+    let nodes = fleet(3).await;
+    let mut cfg = support::config(&addrs(&nodes));
+    support::upstream_of(&mut cfg).health = None;
+    let gw = support::start(cfg).await;
+    for n in &nodes {
+        n.set_delay(Duration::from_millis(10));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(traffic::run(
+        client(),
+        gw.url("/orders"),
+        Method::POST,
+        6,
+        Duration::ZERO,
+        60,
+        stop,
+    ));
+    while nodes[1].requests() < 10 {
+        tokio::task::yield_now().await;
+    }
+    nodes[1].kill();
+    let outcomes = load.await.unwrap();
+
+    let mut executed: HashMap<String, usize> = HashMap::new();
+    for n in &nodes {
+        for (id, count) in n.counters.executed.lock().unwrap().iter() {
+            *executed.entry(id.clone()).or_default() += count;
+        }
+    }
+    let twice: Vec<_> = executed.iter().filter(|(_, &c)| c > 1).collect();
+    assert!(twice.is_empty(), "POSTs executed more than once: {twice:?}");
+    // Every POST that failed was one the killed node had received (in flight when it died);
+    // those fail with a named cause rather than risk a second execution.
+    for o in errors(&outcomes) {
+        assert_eq!(o.status, 502, "{o:?}");
+        assert!(
+            o.proxy_status
+                .as_deref()
+                .unwrap_or("")
+                .contains("error=connection_terminated"),
+            "{o:?}"
+        );
+        assert_eq!(
+            executed.get(&o.id),
+            Some(&1),
+            "a failed POST was one the dead node had taken: {o:?}"
+        );
+    }
+    // Requests sent after the crash went to the live nodes.
+    assert!(outcomes.iter().filter(|o| o.status == 200).count() >= outcomes.len() - 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_close_at_the_reuse_moment_loses_no_get() {
+    // Targets close idle connections after 150 ms without announcing it; requests come at
+    // gaps around that, so reuse races the close.
+    let mut targets = Vec::new();
+    for _ in 0..3 {
+        targets.push(upstream::idle_closer(Duration::from_millis(150), None).await);
+    }
+    let mut cfg = support::config(&targets.iter().map(|m| m.addr).collect::<Vec<_>>());
+    support::upstream_of(&mut cfg).health = None;
+    let gw = support::start(cfg).await;
+    let c = client();
+    let mut failures = Vec::new();
+    for i in 0..60u64 {
+        let (parts, _) = get(&c, &gw.url("/")).await;
+        if parts.status != 200 {
+            failures.push((i, parts.status, parts.headers.get("proxy-status").cloned()));
+        }
+        tokio::time::sleep(Duration::from_millis(40 + (i * 37) % 130)).await;
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    let closed: usize = targets
+        .iter()
+        .map(|m| m.stats.closed.load(Ordering::SeqCst))
+        .sum();
+    assert!(
+        closed > 10,
+        "the targets did close idle connections ({closed})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn announced_keep_alive_timeout_protects_post_from_the_idle_race() {
+    // The upstream says `Keep-Alive: timeout=1` and closes after 1 s idle; the pool must stop
+    // reusing before that, so even a POST (never retried once written) does not fail.
+    let up = upstream::idle_closer(Duration::from_millis(1000), Some(1)).await;
+    let mut cfg = support::config(&[up.addr]);
+    support::upstream_of(&mut cfg).health = None;
+    support::route_of(&mut cfg).retries = 0;
+    let gw = support::start(cfg).await;
+    let c = client();
+    for gap in [300u64, 490, 510, 700, 950, 1000, 1050, 200] {
+        let req = http::Request::post(gw.url("/"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+            .unwrap();
+        let (parts, _) = send(&c, req).await;
+        assert_eq!(
+            parts.status,
+            200,
+            "after a {gap} ms gap: {:?}",
+            parts.headers.get("proxy-status")
+        );
+        tokio::time::sleep(Duration::from_millis(gap)).await;
+    }
+}
+
+/// A target that reads the request and resets the connection without answering.
+async fn resetter() -> upstream::Mock {
+    upstream::raw(|mut stream, _| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        // Zero linger turns the close into a reset; the socket is non-blocking, so the
+        // deprecation's concern (a blocking drop) does not apply.
+        #[allow(deprecated)]
+        let _ = stream.set_linger(Some(Duration::ZERO));
+        drop(stream);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn reset_after_reading_is_retried_for_get_not_for_post() {
+    let bad = resetter().await;
+    let good = upstream::ok("fine").await;
+    let mut cfg = support::config(&[bad.addr, good.addr]);
+    support::upstream_of(&mut cfg).health = None;
+    support::upstream_of(&mut cfg).passive.consecutive_failures = 0;
+    let gw = support::start(cfg).await;
+    let c = client();
+    for _ in 0..4 {
+        let (parts, body) = get(&c, &gw.url("/")).await;
+        assert_eq!((parts.status.as_u16(), body.as_ref()), (200, &b"fine"[..]));
+    }
+    // A POST that reached the resetting target may have been executed: not retried.
+    let mut saw_terminated = false;
+    for _ in 0..4 {
+        let req = http::Request::post(gw.url("/"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+            .unwrap();
+        let (parts, _) = send(&c, req).await;
+        if parts.status == 502 {
+            let ps = parts.headers["proxy-status"].to_str().unwrap();
+            assert!(
+                ps.contains("error=connection_terminated") && ps.contains("attempts=1"),
+                "{ps}"
+            );
+            saw_terminated = true;
+        } else {
+            assert_eq!(parts.status, 200);
+        }
+    }
+    assert!(
+        saw_terminated,
+        "round robin sends some POSTs to the resetting target"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_target_beyond_per_try_timeout_is_retried_elsewhere() {
+    let slow = upstream::hang().await;
+    let good = upstream::ok("fast").await;
+    let mut cfg = support::config(&[slow.addr, good.addr]);
+    support::upstream_of(&mut cfg).health = None;
+    support::route_of(&mut cfg).per_try_timeout = Duration::from_millis(200);
+    let gw = support::start(cfg).await;
+    let c = client();
+    let mut timed_out = 0;
+    for _ in 0..4 {
+        let (parts, body) = get(&c, &gw.url("/")).await;
+        assert_eq!((parts.status.as_u16(), body.as_ref()), (200, &b"fast"[..]));
+        let line = gw.next_log();
+        let attempts = line["attempts"].as_array().unwrap();
+        if attempts.len() == 2 {
+            assert_eq!(attempts[0]["cause"], "http_response_timeout");
+            assert_eq!(attempts[1]["status"], 200);
+            timed_out += 1;
+        }
+    }
+    assert!(timed_out >= 1, "some requests met the slow target first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_target_failing_names_the_last_cause_and_attempts() {
+    let a = upstream::closed_port().await;
+    let b = upstream::closed_port().await;
+    let mut cfg = support::config(&[a, b]);
+    support::upstream_of(&mut cfg).health = None;
+    let gw = support::start(cfg).await;
+    let (parts, _) = get(&client(), &gw.url("/")).await;
+    assert_eq!(parts.status, 502);
+    let ps = parts.headers["proxy-status"].to_str().unwrap();
+    assert!(
+        ps.contains("error=connection_refused") && ps.contains("attempts=3"),
+        "{ps}"
+    );
+    let line = gw.next_log();
+    assert_eq!(line["attempts"].as_array().unwrap().len(), 3);
+    assert_eq!(line["retry_stop"], "attempts_exhausted");
+    // Both targets were tried before either was tried again.
+    assert_ne!(line["attempts"][0]["target"], line["attempts"][1]["target"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_retry_budget_is_logged() {
+    let a = upstream::closed_port().await;
+    let mut cfg = support::config(&[a]);
+    support::upstream_of(&mut cfg).health = None;
+    support::route_of(&mut cfg).retry_budget_ratio = 0.0;
+    support::route_of(&mut cfg).retry_budget_per_second = 0;
+    let gw = support::start(cfg).await;
+    let (parts, _) = get(&client(), &gw.url("/")).await;
+    assert_eq!(parts.status, 502);
+    let line = gw.next_log();
+    assert_eq!(line["retry_stop"], "budget_exhausted");
+    assert_eq!(line["attempts"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn status_retry_moves_idempotent_requests_only() {
+    let failing = upstream::serve(|_| {
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"down",
+        )));
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let good = upstream::ok("up").await;
+    let mut cfg = support::config(&[failing.addr, good.addr]);
+    support::upstream_of(&mut cfg).health = None;
+    let gw = support::start(cfg).await;
+    let c = client();
+    for _ in 0..4 {
+        assert_eq!(get(&c, &gw.url("/")).await.0.status, 200);
+    }
+    // The upstream's own 503 passes through for a POST, marked as received from upstream.
+    let mut passed_through = false;
+    for _ in 0..4 {
+        let req = http::Request::post(gw.url("/"))
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+            .unwrap();
+        let (parts, body) = send(&c, req).await;
+        if parts.status == 503 {
+            assert_eq!(body.as_ref(), b"down");
+            let ps = parts.headers["proxy-status"].to_str().unwrap();
+            assert!(ps.contains("received-status=503"), "{ps}");
+            passed_through = true;
+        }
+    }
+    assert!(passed_through);
+}

@@ -1,0 +1,273 @@
+//! Never routing to a target that cannot serve: rolling restarts, crashes, slow readiness,
+//! everything down, and saturation.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+
+use crate::support::node::{Node, NOT_READY, READY};
+use crate::support::traffic::{self, errors};
+use crate::support::{self, client, get};
+
+fn health(interval_ms: u64, rise: u32, fall: u32) -> gatewise::config::HealthConfig {
+    let mut h = gatewise::config::HealthConfig::http("/health");
+    h.interval = Duration::from_millis(interval_ms);
+    h.timeout = Duration::from_millis(200);
+    h.rise = rise;
+    h.fall = fall;
+    h
+}
+
+async fn fleet(n: usize) -> Vec<Arc<Node>> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Node::start().await);
+    }
+    nodes
+}
+
+fn config_for(nodes: &[Arc<Node>]) -> gatewise::config::Config {
+    let mut cfg = support::config(&nodes.iter().map(|n| n.addr).collect::<Vec<_>>());
+    let up = support::upstream_of(&mut cfg);
+    up.health = Some(health(100, 2, 1));
+    up.slow_start = Duration::ZERO;
+    cfg
+}
+
+/// Waits until the gateway routes to every node (each has served a request).
+async fn until_all_serve(nodes: &[Arc<Node>], url: &str) {
+    let c = client();
+    while nodes.iter().any(|n| n.requests() == 0) {
+        get(&c, url).await;
+    }
+}
+
+async fn rolling_restart(abrupt: bool) {
+    let nodes = fleet(3).await;
+    let gw = support::start(config_for(&nodes)).await;
+    until_all_serve(&nodes, &gw.url("/")).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(traffic::run(
+        client(),
+        gw.url("/"),
+        Method::GET,
+        3,
+        Duration::from_millis(5),
+        100_000,
+        stop.clone(),
+    ));
+    for node in &nodes {
+        if !abrupt {
+            // Graceful: the instance fails its health check first, then goes away.
+            node.set_mode(NOT_READY);
+            let seen = node.health_checks();
+            while node.health_checks() < seen + 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        node.kill();
+        // Back, listening but not ready (503 on /health and traffic) for 2 s, then ready.
+        node.restart(NOT_READY).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        node.set_mode(READY);
+        let served = node.requests();
+        while node.requests() == served {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let outcomes = load.await.unwrap();
+    assert!(
+        outcomes.len() > 300,
+        "steady traffic ran ({})",
+        outcomes.len()
+    );
+    assert!(
+        errors(&outcomes).is_empty(),
+        "client-visible errors: {:?}",
+        errors(&outcomes)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_rolling_restart_loses_no_request() {
+    rolling_restart(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abrupt_rolling_restart_loses_no_request() {
+    rolling_restart(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_slow_to_become_ready_gets_no_traffic_then_a_ramp() {
+    let nodes = fleet(2).await;
+    nodes[1].set_mode(NOT_READY);
+    let mut cfg = config_for(&nodes);
+    support::upstream_of(&mut cfg).slow_start = Duration::from_secs(2);
+    let gw = support::start(cfg).await;
+    let c = client();
+    // Not ready: health checks arrive, traffic does not.
+    while nodes[1].health_checks() < 3 {
+        assert_eq!(get(&c, &gw.url("/")).await.0.status, 200);
+    }
+    assert_eq!(nodes[1].requests(), 0, "no traffic before ready");
+    nodes[1].set_mode(READY);
+    // It fails one check (fall 1) first... it was never healthy, so it must pass `rise` checks.
+    while nodes[1].requests() == 0 {
+        assert_eq!(get(&c, &gw.url("/")).await.0.status, 200);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Ramp: its share in the first ~0.6 s is below its share in a later window.
+    let share = |n: usize, from: (usize, usize), to: (usize, usize)| {
+        let total = (to.0 + to.1) - (from.0 + from.1);
+        (if n == 1 { to.1 - from.1 } else { to.0 - from.0 }) as f64 / total.max(1) as f64
+    };
+    let counts = || (nodes[0].requests(), nodes[1].requests());
+    let t0 = counts();
+    for _ in 0..60 {
+        get(&c, &gw.url("/")).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t1 = counts();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t2 = counts();
+    for _ in 0..60 {
+        get(&c, &gw.url("/")).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t3 = counts();
+    let early = share(1, t0, t1);
+    let late = share(1, t2, t3);
+    assert!(
+        early < late,
+        "ramping share early {early:.2} < late {late:.2}"
+    );
+    assert!(
+        late > 0.3,
+        "after the window it takes its full share ({late:.2})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_targets_down_is_a_fast_503_and_traffic_resumes_on_return() {
+    let nodes = fleet(2).await;
+    let mut cfg = config_for(&nodes);
+    support::upstream_of(&mut cfg).health = Some(health(100, 1, 1));
+    let gw = support::start(cfg).await;
+    until_all_serve(&nodes, &gw.url("/")).await;
+    while gw.log.try_recv().is_ok() {}
+    for n in &nodes {
+        n.kill();
+    }
+    let c = client();
+    // Wait until health has marked both down (first fast 503).
+    loop {
+        let (parts, _) = get(&c, &gw.url("/")).await;
+        if parts.status == 503 {
+            break;
+        }
+    }
+    while gw.log.try_recv().is_ok() {}
+    for _ in 0..20 {
+        let (parts, _) = get(&c, &gw.url("/")).await;
+        assert_eq!(parts.status, 503);
+        assert_eq!(parts.headers["retry-after"], "1");
+        let ps = parts.headers["proxy-status"].to_str().unwrap();
+        assert!(ps.contains("error=destination_unavailable"), "{ps}");
+        let line = gw.next_log();
+        assert_eq!(
+            line["attempts"].as_array().unwrap().len(),
+            0,
+            "no target was tried"
+        );
+        // Measured inside the gateway: the fast path waits on nothing.
+        assert!(line["duration_ms"].as_u64().unwrap() < 50, "{line}");
+    }
+    // One target comes back: traffic flows after its first passing check (rise 1), i.e.
+    // within one check interval.
+    nodes[0].restart(READY).await;
+    let checks_at_return = nodes[0].health_checks();
+    loop {
+        let (parts, _) = get(&c, &gw.url("/")).await;
+        if parts.status == 200 {
+            break;
+        }
+    }
+    assert!(
+        nodes[0].health_checks() <= checks_at_return + 2,
+        "resumed after the first passing check"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saturated_targets_make_requests_wait_not_fail_until_queue_timeout() {
+    let nodes = fleet(2).await;
+    for n in &nodes {
+        n.set_delay(Duration::from_millis(100));
+    }
+    let mut cfg = config_for(&nodes);
+    let up = support::upstream_of(&mut cfg);
+    up.health = None;
+    up.max_connections = Some(1);
+    up.queue_timeout = Duration::from_secs(5);
+    let gw = support::start(cfg).await;
+    // 8 concurrent requests, 2 slots: six wait in the queue, all succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = traffic::run(
+        client(),
+        gw.url("/"),
+        Method::GET,
+        8,
+        Duration::ZERO,
+        1,
+        stop,
+    )
+    .await;
+    assert_eq!(outcomes.len(), 8);
+    assert!(errors(&outcomes).is_empty(), "{:?}", errors(&outcomes));
+
+    // With a queue timeout shorter than one request, queued requests get a 503 instead.
+    let mut cfg = config_for(&nodes);
+    let up = support::upstream_of(&mut cfg);
+    up.health = None;
+    up.max_connections = Some(1);
+    up.queue_timeout = Duration::from_millis(20);
+    let gw = support::start(cfg).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcomes = traffic::run(
+        client(),
+        gw.url("/"),
+        Method::GET,
+        8,
+        Duration::ZERO,
+        1,
+        stop,
+    )
+    .await;
+    let limited: Vec<_> = outcomes.iter().filter(|o| o.status == 503).collect();
+    assert!(!limited.is_empty(), "{outcomes:?}");
+    for o in &limited {
+        assert!(
+            o.proxy_status
+                .as_deref()
+                .unwrap()
+                .contains("error=connection_limit_reached"),
+            "{o:?}"
+        );
+    }
+    assert!(outcomes.iter().filter(|o| o.status == 200).count() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_at_startup_wait_for_the_first_health_answer() {
+    let nodes = fleet(1).await;
+    let mut cfg = config_for(&nodes);
+    support::upstream_of(&mut cfg).health = Some(health(100, 2, 1));
+    let gw = support::start(cfg).await;
+    // Sent at once: the first check has not answered yet; the request waits instead of a 503.
+    let (parts, _) = get(&client(), &gw.url("/")).await;
+    assert_eq!(parts.status, 200);
+}

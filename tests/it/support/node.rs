@@ -1,0 +1,168 @@
+//! A controllable upstream node for chaos tests: it can be killed (every connection dropped,
+//! port closed), restarted on the same port, made not-ready (503 on /health and on traffic),
+//! slowed down; it counts health checks and every request id it executed.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub const READY: u8 = 0;
+pub const NOT_READY: u8 = 1;
+
+#[derive(Default)]
+pub struct Counters {
+    pub health_checks: AtomicUsize,
+    pub requests: AtomicUsize,
+    /// How many times each `x-request-id` was executed here.
+    pub executed: Mutex<HashMap<String, usize>>,
+}
+
+pub struct Node {
+    pub addr: SocketAddr,
+    pub counters: Arc<Counters>,
+    mode: Arc<AtomicU8>,
+    delay_ms: Arc<AtomicU64>,
+    kill: watch::Sender<u64>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Node {
+    pub async fn start() -> Arc<Node> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = Arc::new(Node {
+            addr: listener.local_addr().unwrap(),
+            counters: Arc::default(),
+            mode: Arc::new(AtomicU8::new(READY)),
+            delay_ms: Arc::default(),
+            kill: watch::channel(0).0,
+            task: Mutex::new(None),
+        });
+        node.serve(listener);
+        node
+    }
+
+    pub fn set_mode(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    /// Every request waits this long before being answered.
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    pub fn requests(&self) -> usize {
+        self.counters.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn health_checks(&self) -> usize {
+        self.counters.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// Crash: the port stops listening and every open connection is dropped at once.
+    pub fn kill(&self) {
+        if let Some(task) = self.task.lock().unwrap().take() {
+            task.abort();
+        }
+        self.kill.send_modify(|g| *g += 1);
+    }
+
+    /// Starts listening again on the same port, in `mode`.
+    pub async fn restart(self: &Arc<Self>, mode: u8) {
+        self.set_mode(mode);
+        let listener = loop {
+            // The old socket may take a moment to be released after the abort.
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        self.serve(listener);
+    }
+
+    fn serve(self: &Arc<Self>, listener: TcpListener) {
+        let (counters, mode, delay) = (
+            self.counters.clone(),
+            self.mode.clone(),
+            self.delay_ms.clone(),
+        );
+        let kill = self.kill.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (counters, mode, delay) = (counters.clone(), mode.clone(), delay.clone());
+                let mut kill = kill.clone();
+                kill.mark_unchanged();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (counters, mode, delay) =
+                            (counters.clone(), mode.clone(), delay.clone());
+                        async move { Ok::<_, Infallible>(answer(req, &counters, &mode, &delay).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = kill.changed() => {}
+                    }
+                });
+            }
+        });
+        *self.task.lock().unwrap() = Some(task);
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    counters: &Counters,
+    mode: &AtomicU8,
+    delay: &AtomicU64,
+) -> Response<Full<Bytes>> {
+    let ready = mode.load(Ordering::SeqCst) == READY;
+    if req.uri().path() == "/health" {
+        counters.health_checks.fetch_add(1, Ordering::SeqCst);
+        let status = if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        return status_response(status);
+    }
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let _ = req.into_body().collect().await;
+    if !ready {
+        return status_response(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // Counted on arrival: a node that crashes mid-request may already have acted on it.
+    counters.requests.fetch_add(1, Ordering::SeqCst);
+    *counters.executed.lock().unwrap().entry(id).or_default() += 1;
+    let d = delay.load(Ordering::SeqCst);
+    if d > 0 {
+        tokio::time::sleep(Duration::from_millis(d)).await;
+    }
+    Response::new(Full::new(Bytes::from_static(b"ok")))
+}
+
+fn status_response(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = status;
+    r
+}
