@@ -32,6 +32,43 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Every upstream and target: health state, load, pool, latest transition.
+fn status_json(shared: &Shared) -> String {
+    let upstreams: serde_json::Map<String, serde_json::Value> = shared
+        .upstreams
+        .iter()
+        .map(|(name, up)| {
+            let targets: Vec<serde_json::Value> = up
+                .targets
+                .iter()
+                .map(|t| {
+                    let last = t.last_change().map(|(at, what)| {
+                        serde_json::json!({
+                            "at": humantime::format_rfc3339_millis(at).to_string(),
+                            "change": what,
+                        })
+                    });
+                    serde_json::json!({
+                        "target": &*t.addr,
+                        "state": t.state().as_str(),
+                        "in_flight": t.in_flight(),
+                        "idle_connections": t.pool.idle_count(),
+                        "last_change": last,
+                    })
+                })
+                .collect();
+            (name.clone(), serde_json::json!({ "targets": targets }))
+        })
+        .collect();
+    let ready = shared.not_ready();
+    let doc = serde_json::json!({
+        "ready": ready.is_none(),
+        "not_ready_reason": ready,
+        "upstreams": upstreams,
+    });
+    format!("{doc:#}\n")
+}
+
 fn respond<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
     let (status, body) = match req.uri().path() {
         "/live" => (StatusCode::OK, "live\n".to_string()),
@@ -42,6 +79,7 @@ fn respond<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
                 format!("not ready: {why}\n"),
             ),
         },
+        "/status" => (StatusCode::OK, status_json(shared)),
         _ => (StatusCode::NOT_FOUND, "unknown admin path\n".to_string()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

@@ -29,6 +29,8 @@ pub struct Target {
     failures: AtomicU32,
     /// Set once an active check has answered (or at once when there is no check).
     known: AtomicBool,
+    /// The latest health transition, for `/status`: when, and `from -> to (reason)`.
+    last_change: Mutex<Option<(std::time::SystemTime, String)>>,
     /// Signalled when a slot frees up or the health changes (shared by the upstream's targets).
     pub(super) changed: Arc<Notify>,
 }
@@ -55,6 +57,7 @@ impl Target {
             ejected: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             known: AtomicBool::new(known),
+            last_change: Mutex::new(None),
             changed,
         };
         target.refresh(&target.health.lock().expect("health lock"));
@@ -113,6 +116,8 @@ impl Target {
         self.refresh(&health);
         drop(health);
         if let Some(t) = transition {
+            *self.last_change.lock().expect("status lock") =
+                Some((std::time::SystemTime::now(), t.to_string()));
             tracing::info!(target = %self.addr, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "health changed");
             self.changed.notify_waiters();
         }
@@ -129,6 +134,11 @@ impl Target {
         } else {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The latest health transition and when it happened.
+    pub fn last_change(&self) -> Option<(std::time::SystemTime, String)> {
+        self.last_change.lock().expect("status lock").clone()
     }
 
     pub(super) fn mark_known(&self) {

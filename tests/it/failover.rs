@@ -271,3 +271,35 @@ async fn requests_at_startup_wait_for_the_first_health_answer() {
     let (parts, _) = get(&client(), &gw.url("/")).await;
     assert_eq!(parts.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_transitions_show_in_status_and_ready() {
+    let nodes = fleet(1).await;
+    let mut cfg = config_for(&nodes);
+    cfg.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    support::upstream_of(&mut cfg).health = Some(health(100, 1, 1));
+    let gw = support::start(cfg).await;
+    let admin = gw.admin.unwrap();
+    let c = client();
+    until_all_serve(&nodes, &gw.url("/")).await;
+    assert_eq!(
+        get(&c, &format!("http://{admin}/ready")).await.0.status,
+        200
+    );
+    nodes[0].set_mode(NOT_READY);
+    loop {
+        let (parts, body) = get(&c, &format!("http://{admin}/ready")).await;
+        if parts.status == 503 {
+            assert!(String::from_utf8_lossy(&body).contains("no healthy target"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = get(&c, &format!("http://{admin}/status")).await;
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let target = &status["upstreams"]["default"]["targets"][0];
+    assert_eq!(target["state"], "unhealthy", "{status}");
+    let change = target["last_change"]["change"].as_str().unwrap();
+    assert!(change.starts_with("healthy -> unhealthy"), "{change}");
+    assert_eq!(status["ready"], false);
+}
