@@ -4,7 +4,7 @@
 //! traffic (health, slow-start weight, panic mode) and have a free slot (`max_connections`), the
 //! balancer picks one, preferring targets this request has not tried. When none can be had, the
 //! request waits — in the bounded queue while targets are merely busy, or for the first health
-//! answer at start — and otherwise fails fast with a 503 cause, never hangs.
+//! answer while no target has ever been healthy — and otherwise fails fast with a 503 cause, never hangs.
 
 pub mod balancer;
 pub mod health;
@@ -12,7 +12,7 @@ pub mod io;
 pub mod pool;
 mod target;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Notify;
@@ -37,6 +37,9 @@ pub struct Upstream {
     changed: Arc<Notify>,
     /// Requests waiting in the queue now.
     queued: AtomicUsize,
+    /// Some target has been routable since start. Until then requests wait for the first one
+    /// (startup gating); afterwards "no target" is a fast 503.
+    ever_routable: AtomicBool,
 }
 
 /// Why no target could be had right now.
@@ -72,8 +75,10 @@ impl Upstream {
                     changed.clone(),
                 ))
             })
-            .collect();
+            .collect::<Vec<Arc<Target>>>();
+        let ever_routable = AtomicBool::new(targets.iter().any(|t| t.routable()));
         Self {
+            ever_routable,
             name: Arc::from(name),
             balancer: Balancer::new(config.balance),
             config,
@@ -114,7 +119,7 @@ impl Upstream {
                         .as_ref()
                         .map_or(deadline, |(_, until)| (*until).min(deadline))
                 }
-                Pick::NoneRoutable if self.targets.iter().any(|t| !t.known()) => deadline,
+                Pick::NoneRoutable if !self.ever_routable.load(Ordering::Relaxed) => deadline,
                 Pick::NoneRoutable => return Err(self.unavailable()),
             };
             tokio::select! {
@@ -228,7 +233,6 @@ impl Upstream {
             let addrs = self.config.targets.clone();
             tokio::spawn(health::active::run_checks(addrs, cfg, move |i, outcome| {
                 let target = &me.targets[i];
-                target.mark_known();
                 if !outcome.ok {
                     tracing::debug!(target = %target.addr, detail = %outcome.detail, "health check failed");
                 }
@@ -238,6 +242,9 @@ impl Upstream {
                     h.set_ramp_first(others_serve);
                     h.active_check(outcome.ok, Instant::now())
                 });
+                if target.routable() {
+                    me.ever_routable.store(true, Ordering::Relaxed);
+                }
             }))
         });
         let _abort_checks = AbortOnDrop(checks);

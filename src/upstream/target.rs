@@ -27,8 +27,6 @@ pub struct Target {
     ejected: AtomicBool,
     /// Passive failures in a row, so a success need not take the health lock when there were none.
     failures: AtomicU32,
-    /// Set once an active check has answered (or at once when there is no check).
-    known: AtomicBool,
     /// The latest health transition, for `/status`: when, and `from -> to (reason)`.
     last_change: Mutex<Option<(std::time::SystemTime, String)>>,
     /// Signalled when a slot frees up or the health changes (shared by the upstream's targets).
@@ -45,7 +43,6 @@ impl Target {
         changed: Arc<Notify>,
     ) -> Self {
         let addr: Arc<str> = Arc::from(addr);
-        let known = !health.policy().active_check;
         let target = Self {
             index,
             pool: TargetPool::new(addr.clone(), settings),
@@ -56,7 +53,6 @@ impl Target {
             mode: AtomicU8::new(NOT_ROUTABLE),
             ejected: AtomicBool::new(false),
             failures: AtomicU32::new(0),
-            known: AtomicBool::new(known),
             last_change: Mutex::new(None),
             changed,
         };
@@ -89,11 +85,6 @@ impl Target {
 
     pub fn is_ejected(&self) -> bool {
         self.ejected.load(Ordering::Relaxed)
-    }
-
-    /// Whether health is known (an active check answered, or there is none).
-    pub fn known(&self) -> bool {
-        self.known.load(Ordering::Relaxed)
     }
 
     /// Share of traffic now: 0 when not routable, below 1 while ramping up after a return.
@@ -139,10 +130,6 @@ impl Target {
     /// The latest health transition and when it happened.
     pub fn last_change(&self) -> Option<(std::time::SystemTime, String)> {
         self.last_change.lock().expect("status lock").clone()
-    }
-
-    pub(super) fn mark_known(&self) {
-        self.known.store(true, Ordering::Relaxed);
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {

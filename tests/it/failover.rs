@@ -303,3 +303,23 @@ async fn health_transitions_show_in_status_and_ready() {
     assert!(change.starts_with("healthy -> unhealthy"), "{change}");
     assert_eq!(status["ready"], false);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_started_before_its_app_waits_for_the_app() {
+    // The app is not up when the gateway starts (its first check fails); a request made then
+    // waits for the first healthy target instead of failing (field guide row 7).
+    let nodes = fleet(1).await;
+    nodes[0].kill();
+    let gw = support::start(config_for(&nodes)).await;
+    let c = client();
+    let url = gw.url("/");
+    let req = tokio::spawn(async move { get(&c, &url).await.0.status });
+    // Several check intervals (100 ms) pass with the app down; the request is still waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !req.is_finished(),
+        "the request waits while the app is down at start"
+    );
+    nodes[0].restart(READY).await;
+    assert_eq!(req.await.unwrap(), 200);
+}

@@ -16,6 +16,8 @@
 //! - A passing active check does NOT end a passive ejection early: the ejection was earned by
 //!   real traffic failing, which is stronger evidence than a health endpoint answering (health
 //!   endpoints often skip the database or the slow path), and the ejection is short anyway.
+//!   Exception: when the checks themselves took the target down (`fall`) and then saw it
+//!   recover (`rise`), the ejection belongs to that same outage and ends with it.
 //! - Passive ejection lasts `base_ejection × n` capped at `max_ejection`, `n` = times ejected
 //!   in a row. `n` resets once the target has gone `max_ejection` since its last ejection ended
 //!   without being ejected again: after a quiet period as long as the longest penalty, older
@@ -301,6 +303,10 @@ impl TargetHealth {
                 reason = Reason::ChecksPassed {
                     rise: self.policy.rise,
                 };
+                // The checks saw this outage begin and end: an ejection earned by traffic
+                // failing during the same outage ends with it (otherwise a pool that was
+                // wholly down would stay down for the ejection time after it came back).
+                self.ejected_until = None;
             } else {
                 return None;
             }

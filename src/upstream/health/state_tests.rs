@@ -88,7 +88,7 @@ const TABLE: &[Row] = &[
     ("passing check does not end an ejection", true, &[(0, Pass), (1, Err), (2, Err), (3, Err), (4, Pass), (5, Pass)], None, "ejected"),
     ("traffic while ejected is ignored", false, &[(0, Err), (1, Err), (2, Err), (3, Err), (4, Err), (5, Err)], None, "ejected"),
     ("ejected then fall checks: unhealthy", true, &[(0, Pass), (1, Err), (2, Err), (3, Err), (4, Fail), (5, Fail)], Some(("ejected", "unhealthy")), "unhealthy"),
-    ("unhealthy recovers while still ejected: ejected", true, &[(0, Pass), (1, Err), (2, Err), (3, Err), (4, Fail), (5, Fail), (6, Pass), (7, Pass)], Some(("unhealthy", "ejected")), "ejected"),
+    ("checks saw the outage end: its ejection ends too", true, &[(0, Pass), (1, Err), (2, Err), (3, Err), (4, Fail), (5, Fail), (6, Pass), (7, Pass)], Some(("unhealthy", "starting")), "starting"),
     ("ejection expires while unhealthy: no transition", true, &[(0, Pass), (1, Err), (2, Err), (3, Err), (4, Fail), (5, Fail), (13, Tick)], None, "unhealthy"),
     ("recovers after ejection expired: starting", true, &[(0, Pass), (1, Err), (2, Err), (3, Err), (4, Fail), (5, Fail), (13, Tick), (14, Pass), (15, Pass)], Some(("unhealthy", "starting")), "starting"),
     ("traffic while unhealthy is ignored", true, &[(0, Fail), (1, Err), (2, Err), (3, Err)], None, "unhealthy"),
