@@ -140,8 +140,19 @@ impl Upstream {
         let healthy = self.targets.iter().filter(|t| t.routable()).count();
         let panic = panic_mode(healthy, self.targets.len(), self.config.panic_threshold);
         let mut saturated = false;
-        let mut candidates = Vec::with_capacity(self.targets.len());
-        for t in &self.targets {
+        // Pools are small: candidates live on the stack up to 16 targets.
+        let mut stack = [Candidate {
+            weight: 0.0,
+            in_flight: 0,
+        }; 16];
+        let mut heap = Vec::new();
+        let candidates: &mut [Candidate] = if self.targets.len() <= stack.len() {
+            &mut stack[..self.targets.len()]
+        } else {
+            heap.resize(self.targets.len(), stack[0]);
+            &mut heap
+        };
+        for (slot, t) in candidates.iter_mut().zip(&self.targets) {
             let weight = if panic && t.state() != State::Draining {
                 1.0
             } else {
@@ -153,14 +164,14 @@ impl Upstream {
             } else {
                 weight
             };
-            candidates.push(Candidate {
+            *slot = Candidate {
                 weight,
                 in_flight: t.in_flight(),
-            });
+            };
         }
         // A slot can be taken between the look and the grab; pick again a few times.
         for _ in 0..4 {
-            let Some(i) = self.balancer.pick(&candidates, tried) else {
+            let Some(i) = self.balancer.pick(candidates, tried) else {
                 break;
             };
             match self.targets[i].try_start() {
