@@ -3,5 +3,6 @@
 mod support;
 
 mod config;
+mod demo;
 mod health;
 mod proxy;
