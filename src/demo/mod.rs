@@ -79,7 +79,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!("gatewise demo: three upstreams, the gateway in front, client traffic and a fault every few seconds");
     println!("  gateway   http://{gateway_addr}/   (try: curl -i http://{gateway_addr}/)");
     if let Some(a) = admin_addr {
-        println!("  admin     http://{a}/status   /metrics  /ready");
+        println!("  admin     http://{a}/ready   http://{a}/live");
     }
     for up in &ups {
         println!("  upstream  {} on {}", up.name, up.addr);
@@ -283,8 +283,19 @@ fn print_final(elapsed: Duration, client: &ClientStats, t: &Tally, injected: u32
     } else {
         100.0 * errors as f64 / sent as f64
     };
+    let (plural, were) = if injected == 1 {
+        ("", "was")
+    } else {
+        ("s", "were")
+    };
     println!(
-        "While {injected} faults were injected, gatewise absorbed {} failures with retries and health checks; {errors} of {sent} requests ({pct:.2}%) reached the client as errors.",
+        "While {injected} fault{plural} {were} injected, gatewise absorbed {} failures with retries and health checks; {errors} of {sent} requests ({pct:.2}%) reached the client as errors.",
         t.absorbed
     );
+    if t.post_answered_5xx > 0 {
+        println!(
+            "{} of those errors were an upstream's own 5xx answer to a POST: a definite answer, so the POST is never resent; health checks and ejection then took that upstream out of rotation.",
+            t.post_answered_5xx
+        );
+    }
 }

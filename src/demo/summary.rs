@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 /// The fields of an access-log line the demo reads.
 #[derive(Deserialize)]
 struct Line {
+    #[serde(default)]
+    method: String,
     status: u16,
     cause: Option<String>,
     #[serde(default)]
@@ -36,6 +38,8 @@ pub struct Tally {
     pub absorbed: u64,
     /// The failed attempts behind those, by cause.
     pub absorbed_by_cause: BTreeMap<String, u64>,
+    /// Errors that were an upstream's own 5xx answer to a `POST` (never resent, by design).
+    pub post_answered_5xx: u64,
 }
 
 impl Tally {
@@ -63,6 +67,9 @@ impl Tally {
                 }
             }
         } else {
+            if line.cause.is_none() && line.status >= 500 && line.method == "POST" {
+                self.post_answered_5xx += 1;
+            }
             let key = line
                 .cause
                 .unwrap_or_else(|| format!("upstream {}", line.status));
@@ -126,9 +133,12 @@ mod tests {
     fn errors_are_counted_by_cause_or_upstream_status() {
         let mut t = Tally::default();
         t.add(br#"{"status":503,"cause":"destination_unavailable","attempts":[]}"#);
-        t.add(br#"{"status":503,"cause":null,"attempts":[{"cause":null,"status":503}]}"#);
+        t.add(br#"{"method":"POST","status":503,"cause":null,"attempts":[{"cause":null,"status":503}]}"#);
         t.add(b"not json");
-        assert_eq!((t.logged, t.ok, t.absorbed), (2, 0, 0));
+        assert_eq!(
+            (t.logged, t.ok, t.absorbed, t.post_answered_5xx),
+            (2, 0, 0, 1)
+        );
         assert_eq!(
             by_cause(&t.errors),
             "destination_unavailable 1, upstream 503 1"
