@@ -76,7 +76,12 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     let logged = Arc::new(Notify::new());
     summary::collect(lines, tally.clone(), logged.clone());
 
-    println!("gatewise demo: three upstreams, the gateway in front, client traffic and a fault every few seconds");
+    let faults_note = if args.no_faults {
+        "no faults (--no-faults)"
+    } else {
+        "a fault every few seconds: kill, not ready, keep-alive race, slow"
+    };
+    println!("gatewise demo: three upstreams, the gateway in front, client traffic, {faults_note}");
     println!("  gateway   http://{gateway_addr}/   (try: curl -i http://{gateway_addr}/)");
     if let Some(a) = admin_addr {
         println!("  admin     http://{a}/ready   http://{a}/live");
@@ -93,7 +98,8 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!();
 
     let fault_status = Arc::new(Mutex::new(FaultStatus::default()));
-    let injector = tokio::spawn(faults::inject(ups.clone(), fault_status.clone()));
+    let injector =
+        (!args.no_faults).then(|| tokio::spawn(faults::inject(ups.clone(), fault_status.clone())));
     let client = Arc::new(ClientStats::default());
     let traffic = tokio::spawn(traffic::run(gateway_addr, args.rate, client.clone()));
 
@@ -116,7 +122,9 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     }
     let elapsed = start.elapsed();
     traffic.abort();
-    injector.abort();
+    if let Some(injector) = injector {
+        injector.abort();
+    }
     // Let the requests already sent finish (a retry after a per-try timeout takes a moment),
     // then let their access-log lines arrive, so the totals add up.
     let settle = Instant::now() + Duration::from_secs(5);
