@@ -68,6 +68,9 @@ pub struct DemoArgs {
     /// Client requests per second.
     #[arg(long, default_value_t = 200)]
     pub rate: u32,
+    /// Inject no faults (a baseline to compare with).
+    #[arg(long)]
+    pub no_faults: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

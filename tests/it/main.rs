@@ -4,6 +4,7 @@ mod support;
 
 mod chaos;
 mod config;
+mod demo;
 mod failover;
 mod health;
 mod proxy;
