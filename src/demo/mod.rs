@@ -84,7 +84,7 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     println!("gatewise demo: three upstreams, the gateway in front, client traffic, {faults_note}");
     println!("  gateway   http://{gateway_addr}/   (try: curl -i http://{gateway_addr}/)");
     if let Some(a) = admin_addr {
-        println!("  admin     http://{a}/ready   http://{a}/live");
+        println!("  admin     http://{a}/ready   http://{a}/live   http://{a}/status");
     }
     for up in &ups {
         println!("  upstream  {} on {}", up.name, up.addr);
