@@ -312,3 +312,98 @@ async fn status_retry_moves_idempotent_requests_only() {
     }
     assert!(passed_through);
 }
+
+#[tokio::test]
+async fn connect_timeout_is_504_connection_timeout() {
+    // A listener whose accept queue is full and never drained: new SYNs go unanswered, which is
+    // what a firewall that drops packets looks like (field guide row 12).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let mut cfg = support::config(&[addr]);
+    support::upstream_of(&mut cfg).health = None;
+    support::upstream_of(&mut cfg).connect_timeout = Duration::from_millis(200);
+    support::route_of(&mut cfg).retries = 0;
+    let gw = support::start(cfg).await;
+    let (parts, _) = get(&client(), &gw.url("/")).await;
+    assert_eq!(parts.status, 504);
+    let ps = parts.headers["proxy-status"].to_str().unwrap();
+    assert!(ps.contains("error=connection_timeout"), "{ps}");
+    assert_eq!(gw.next_log()["attempts"][0]["request_sent"], false);
+    drop(listener);
+}
+
+#[tokio::test(start_paused = true)]
+async fn overall_route_deadline_bounds_every_attempt() {
+    let slow = upstream::hang().await;
+    let mut cfg = support::config(&[slow.addr]);
+    support::upstream_of(&mut cfg).health = None;
+    support::route_of(&mut cfg).timeout = Duration::from_millis(300);
+    support::route_of(&mut cfg).per_try_timeout = Duration::from_secs(5);
+    let gw = support::start(cfg).await;
+    let started = tokio::time::Instant::now();
+    let (parts, _) = get(&client(), &gw.url("/")).await;
+    assert_eq!(parts.status, 504);
+    // Paused clock: exactly the route deadline passed, not the per-try timeout.
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let line = gw.next_log();
+    assert_eq!(line["cause"], "http_response_timeout");
+    assert_eq!(
+        line["attempts"].as_array().unwrap().len(),
+        1,
+        "no time left to retry: {line}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn upstream_body_stalling_mid_stream_is_cut_and_logged() {
+    // Headers and part of the body, then silence.
+    let up = upstream::raw(|mut stream, _| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = tokio::io::AsyncWriteExt::write_all(
+            &mut stream,
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial",
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    })
+    .await;
+    let mut cfg = support::config(&[up.addr]);
+    support::upstream_of(&mut cfg).health = None;
+    support::upstream_of(&mut cfg).body_idle_timeout = Duration::from_millis(500);
+    let gw = support::start(cfg).await;
+    let resp = client()
+        .request(
+            http::Request::get(gw.url("/"))
+                .body(http_body_util::Full::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the head was already on its way");
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(
+        body.is_err(),
+        "the client sees a truncated body, not a complete one"
+    );
+    let line = gw.next_log();
+    assert_eq!(line["cause"], "http_response_timeout");
+    assert_eq!(line["incomplete"], true);
+}
