@@ -55,6 +55,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
+        .max_header_size(config.max_header_bytes)
         .max_headers(config.max_headers)
         .serve_connection(TokioIo::new(stream), service)
         .await;

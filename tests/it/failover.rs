@@ -323,3 +323,40 @@ async fn gateway_started_before_its_app_waits_for_the_app() {
     nodes[0].restart(READY).await;
     assert_eq!(req.await.unwrap(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_balances_over_all_targets_when_too_few_are_healthy() {
+    // Two of three targets fail their health checks but still serve traffic (a broken health
+    // endpoint, say). Below the panic threshold, gatewise spreads over all of them rather than
+    // piling everything on the one healthy target.
+    let nodes = fleet(3).await;
+    let mut cfg = config_for(&nodes);
+    support::upstream_of(&mut cfg).panic_threshold = Some(0.5);
+    let gw = support::start(cfg).await;
+    until_all_serve(&nodes, &gw.url("/")).await;
+    for n in &nodes[1..] {
+        n.set_mode(NOT_READY);
+    }
+    while nodes[1..].iter().any(|n| n.health_checks() < 3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // They serve traffic again, but their health endpoint stays red.
+    for n in &nodes[1..] {
+        n.set_health_only_failing(true);
+        n.set_mode(READY);
+    }
+    let before: Vec<usize> = nodes.iter().map(|n| n.requests()).collect();
+    let c = client();
+    for _ in 0..60 {
+        assert_eq!(get(&c, &gw.url("/")).await.0.status, 200);
+    }
+    let served: Vec<usize> = nodes
+        .iter()
+        .zip(&before)
+        .map(|(n, b)| n.requests() - b)
+        .collect();
+    assert!(
+        served[1] > 0 && served[2] > 0,
+        "panic mode uses unhealthy targets too: {served:?}"
+    );
+}

@@ -185,6 +185,21 @@ async fn malformed_request_gets_400() {
 }
 
 #[tokio::test]
+async fn oversized_request_head_gets_431() {
+    let up = upstream::ok("hi").await;
+    let gw = support::start(support::config(&[up.addr])).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let big = "a".repeat(100 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 431"));
+    assert_eq!(up.stats.requests(), 0);
+    assert_eq!(gw.next_log()["cause"], "http_request_error");
+}
+
+#[tokio::test]
 async fn no_route_is_404_destination_not_found() {
     let up = upstream::ok("hi").await;
     let mut cfg = support::config(&[up.addr]);
@@ -245,4 +260,25 @@ async fn admin_listener_answers_live_and_ready() {
     let (ready, _) = get(&c, &format!("http://{admin}/ready")).await;
     assert_eq!(ready.status, 200);
     assert_ne!(admin, gw.addr, "admin never shares the public port");
+}
+
+#[tokio::test]
+async fn oversized_upstream_response_head_is_502_header_section_size() {
+    let up = upstream::serve(|_| {
+        http::Response::builder()
+            .header("set-cookie", "a".repeat(80 * 1024))
+            .body(Full::default())
+            .unwrap()
+    })
+    .await;
+    let mut cfg = support::config(&[up.addr]);
+    support::upstream_of(&mut cfg).health = None;
+    let gw = support::start(cfg).await;
+    let (parts, _) = get(&client(), &gw.url("/")).await;
+    assert_eq!(parts.status, 502);
+    let ps = parts.headers["proxy-status"].to_str().unwrap();
+    assert!(
+        ps.contains("error=http_response_header_section_size"),
+        "{ps}"
+    );
 }

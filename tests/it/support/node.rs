@@ -33,6 +33,8 @@ pub struct Node {
     pub addr: SocketAddr,
     pub counters: Arc<Counters>,
     mode: Arc<AtomicU8>,
+    /// `/health` answers 503 whatever the mode (a broken health endpoint).
+    health_failing: Arc<std::sync::atomic::AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     kill: watch::Sender<u64>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -45,6 +47,7 @@ impl Node {
             addr: listener.local_addr().unwrap(),
             counters: Arc::default(),
             mode: Arc::new(AtomicU8::new(READY)),
+            health_failing: Arc::default(),
             delay_ms: Arc::default(),
             kill: watch::channel(0).0,
             task: Mutex::new(None),
@@ -55,6 +58,10 @@ impl Node {
 
     pub fn set_mode(&self, mode: u8) {
         self.mode.store(mode, Ordering::SeqCst);
+    }
+
+    pub fn set_health_only_failing(&self, failing: bool) {
+        self.health_failing.store(failing, Ordering::SeqCst);
     }
 
     /// Every request waits this long before being answered.
@@ -97,6 +104,7 @@ impl Node {
             self.mode.clone(),
             self.delay_ms.clone(),
         );
+        let health_failing = self.health_failing.clone();
         let kill = self.kill.subscribe();
         let task = tokio::spawn(async move {
             loop {
@@ -104,13 +112,19 @@ impl Node {
                     continue;
                 };
                 let (counters, mode, delay) = (counters.clone(), mode.clone(), delay.clone());
+                let health_failing = health_failing.clone();
                 let mut kill = kill.clone();
                 kill.mark_unchanged();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (counters, mode, delay) =
                             (counters.clone(), mode.clone(), delay.clone());
-                        async move { Ok::<_, Infallible>(answer(req, &counters, &mode, &delay).await) }
+                        let failing = health_failing.load(Ordering::SeqCst);
+                        async move {
+                            Ok::<_, Infallible>(
+                                answer(req, &counters, &mode, &delay, failing).await,
+                            )
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc);
@@ -130,11 +144,12 @@ async fn answer(
     counters: &Counters,
     mode: &AtomicU8,
     delay: &AtomicU64,
+    health_failing: bool,
 ) -> Response<Full<Bytes>> {
     let ready = mode.load(Ordering::SeqCst) == READY;
     if req.uri().path() == "/health" {
         counters.health_checks.fetch_add(1, Ordering::SeqCst);
-        let status = if ready {
+        let status = if ready && !health_failing {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
