@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, ListenerConfig};
 use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::Metrics;
 use crate::proxy::forward::{ListenerState, Route};
 use crate::proxy::retry::RetryBudget;
 use crate::routing::RouteTable;
@@ -20,6 +21,7 @@ use crate::upstream::Upstream;
 pub struct Shared {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub routes: Vec<Arc<Route>>,
+    pub metrics: Metrics,
 }
 
 impl Shared {
@@ -52,6 +54,7 @@ impl Gateway {
             .iter()
             .map(|(name, cfg)| (name.clone(), Arc::new(Upstream::new(name, cfg.clone()))))
             .collect();
+        let metrics = Metrics::new(upstreams.values());
         let mut all_routes = Vec::new();
         let mut listeners = Vec::new();
         for lc in &config.listeners {
@@ -64,8 +67,10 @@ impl Gateway {
                     .get(&rc.upstream)
                     .with_context(|| format!("route {i}: unknown upstream {}", rc.upstream))?
                     .clone();
+                let name: Arc<str> = Arc::from(format!("{}#{i}", lc.name));
                 let route = Arc::new(Route {
-                    name: Arc::from(format!("{}#{i}", lc.name)),
+                    metrics: metrics.route(&name, &upstream),
+                    name,
                     budget: RetryBudget::for_route(rc, tokio::time::Instant::now()),
                     config: rc.clone(),
                     upstream,
@@ -79,6 +84,7 @@ impl Gateway {
             let state = Arc::new(ListenerState {
                 routes: RouteTable::new(entries),
                 access_log: access_log.clone(),
+                unrouted: metrics.unrouted(),
             });
             listeners.push((lc.clone(), socket, state));
         }
@@ -93,6 +99,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             upstreams,
             routes: all_routes,
+            metrics,
         });
         Ok(Gateway {
             listeners,

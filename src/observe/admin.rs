@@ -1,10 +1,12 @@
-//! The admin listener (localhost by default, never the public port): `/live` and `/ready`.
+//! The admin listener (localhost by default, never the public port): `/live`, `/ready`,
+//! `/status` and `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -12,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::gateway::Shared;
+use crate::observe::metrics;
 
 /// Serves admin requests until the task is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -80,6 +83,12 @@ fn respond<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {
             ),
         },
         "/status" => (StatusCode::OK, status_json(shared)),
+        "/metrics" => {
+            let mut resp = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
+            let content_type = HeaderValue::from_static(metrics::CONTENT_TYPE);
+            resp.headers_mut().insert(CONTENT_TYPE, content_type);
+            return resp;
+        }
         _ => (StatusCode::NOT_FOUND, "unknown admin path\n".to_string()),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));

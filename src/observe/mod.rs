@@ -1,4 +1,5 @@
-//! What gatewise tells operators: the access log and the admin listener.
+//! What gatewise tells operators: the access log, the metrics and the admin listener.
 
 pub mod access_log;
 pub mod admin;
+pub mod metrics;

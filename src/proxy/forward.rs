@@ -21,6 +21,7 @@ use super::response::{error_response, received_status, PROXY_STATUS};
 use super::retry;
 use crate::config::RouteConfig;
 use crate::observe::access_log::{AccessLog, Attempt};
+use crate::observe::metrics::RouteMetrics;
 use crate::routing::RouteTable;
 use crate::upstream::balancer::Tried;
 use crate::upstream::{Target, Upstream};
@@ -31,12 +32,15 @@ pub struct Route {
     pub config: RouteConfig,
     pub upstream: Arc<Upstream>,
     pub budget: retry::RetryBudget,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// What one listener's connections share.
 pub struct ListenerState {
     pub routes: RouteTable<Arc<Route>>,
     pub access_log: AccessLog,
+    /// Counts requests rejected before a route matched.
+    pub unrouted: Arc<RouteMetrics>,
 }
 
 /// Handles one client request; never fails: every error becomes a response with its cause.
@@ -63,8 +67,10 @@ pub async fn handle(
         cause: None,
         retry_stop: None,
         attempts: Vec::new(),
+        metrics: None,
     };
     if let Err(reason) = request::validate(&head) {
+        log.metrics = Some(state.unrouted.clone());
         return fail(log, Cause::HttpRequestError, reason);
     }
     let host = head
@@ -75,10 +81,12 @@ pub async fn handle(
         .unwrap_or("");
     let Some(route) = state.routes.find(host, head.uri.path()) else {
         let detail = format!("no route for host {host:?} path {:?}", head.uri.path());
+        log.metrics = Some(state.unrouted.clone());
         return fail(log, Cause::DestinationNotFound, &detail);
     };
     log.route = Some(route.name.clone());
     log.upstream = Some(route.upstream.name.clone());
+    log.metrics = Some(route.metrics.clone());
 
     let mut body = match RequestBody::read(body, &head, route.config.replay_buffer).await {
         Ok(body) => body,
@@ -148,6 +156,8 @@ async fn forward(
             reused: progress.reused,
             duration_ms: started.elapsed(),
         });
+        let cause = result.as_ref().err().map(|e| e.cause);
+        route.metrics.attempt(target.index, status, cause);
 
         let now = Instant::now();
         let next_delay = retry::backoff(log.attempts.len() as u32, &mut rng);
@@ -168,9 +178,13 @@ async fn forward(
         };
         let decision = retry::decide_with_budget(&input, &route.budget, now);
         let retrying = matches!(decision, retry::Decision::Retry(_));
+        if let retry::Decision::Retry(reason) = decision {
+            route.metrics.retry(reason);
+        }
         if let (retry::Decision::Stop(reason), false) = (decision, is_plain_success(&result, route))
         {
             log.retry_stop = Some(reason.as_str());
+            route.metrics.retry_stop(reason);
         }
 
         match result {

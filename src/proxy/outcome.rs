@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use super::error::Cause;
 use super::relay::{BodyEnd, Completion};
 use crate::observe::access_log::{AccessLog, Attempt, Record};
+use crate::observe::metrics::RouteMetrics;
 use crate::upstream::pool::Conn;
 use crate::upstream::{InFlight, Target};
 
@@ -32,6 +33,8 @@ pub struct RequestLog {
     pub cause: Option<Cause>,
     pub retry_stop: Option<&'static str>,
     pub attempts: Vec<Attempt>,
+    /// The route's metric handles (the unrouted ones before a route matched).
+    pub metrics: Option<Arc<RouteMetrics>>,
 }
 
 impl RequestLog {
@@ -42,6 +45,10 @@ impl RequestLog {
             BodyEnd::Upstream(cause) => Some(cause),
             _ => self.cause,
         };
+        let elapsed = self.start.elapsed();
+        if let Some(m) = &self.metrics {
+            m.request(self.status, cause, elapsed);
+        }
         let host = self
             .host
             .as_ref()
@@ -58,7 +65,7 @@ impl RequestLog {
             upstream: self.upstream.as_deref(),
             target: self.target.as_deref(),
             status: self.status,
-            duration_ms: self.start.elapsed(),
+            duration_ms: elapsed,
             bytes_in: self.bytes_in,
             bytes_out,
             cause,

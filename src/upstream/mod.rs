@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::config::UpstreamConfig;
+use crate::observe::metrics::{QueueReject, UpstreamCounters};
 use crate::proxy::error::{Cause, Phase, UpstreamError};
 use balancer::{Balancer, Candidate, Tried};
 use health::passive;
@@ -40,6 +41,8 @@ pub struct Upstream {
     /// Some target has been routable since start. Until then requests wait for the first one
     /// (startup gating); afterwards "no target" is a fast 503.
     ever_routable: AtomicBool,
+    /// Queue rejections, for `/metrics`.
+    pub counters: UpstreamCounters,
 }
 
 /// Why no target could be had right now.
@@ -85,7 +88,13 @@ impl Upstream {
             targets,
             changed,
             queued: AtomicUsize::new(0),
+            counters: UpstreamCounters::default(),
         }
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Whether any target may take traffic now (the gateway's `/ready`).
@@ -112,7 +121,7 @@ impl Upstream {
                     if queue.is_none() {
                         let slot = self
                             .enter_queue()
-                            .ok_or_else(|| self.limit_error("queue full"))?;
+                            .ok_or_else(|| self.limit_error(QueueReject::Full))?;
                         queue = Some((slot, Instant::now() + self.config.queue_timeout));
                     }
                     queue
@@ -127,7 +136,7 @@ impl Upstream {
                 () = tokio::time::sleep_until(wait_until) => {
                     return Err(match self.try_pick(tried) {
                         Pick::Got(target, slot) => return Ok((target, slot)),
-                        Pick::Saturated => self.limit_error("queue timeout"),
+                        Pick::Saturated => self.limit_error(QueueReject::Timeout),
                         Pick::NoneRoutable => self.unavailable(),
                     });
                 }
@@ -199,8 +208,13 @@ impl Upstream {
             .map(|_| QueueSlot(&self.queued))
     }
 
-    fn limit_error(&self, why: &str) -> UpstreamError {
-        let detail = format!("{}: every target at max_connections, {why}", self.name);
+    fn limit_error(&self, why: QueueReject) -> UpstreamError {
+        self.counters.queue_rejected(why);
+        let detail = format!(
+            "{}: every target at max_connections, {}",
+            self.name,
+            why.as_str()
+        );
         UpstreamError::before_send(Cause::ConnectionLimitReached, Phase::Queue, detail)
     }
 

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::health::state::{State, TargetHealth, Transition};
 use super::pool::{PoolSettings, TargetPool};
+use crate::observe::metrics::TargetCounters;
 
 /// Cached routing mode, so a pick reads an atomic instead of taking the health lock.
 const NOT_ROUTABLE: u8 = 0;
@@ -31,6 +32,8 @@ pub struct Target {
     last_change: Mutex<Option<(std::time::SystemTime, String)>>,
     /// Signalled when a slot frees up or the health changes (shared by the upstream's targets).
     pub(super) changed: Arc<Notify>,
+    /// Health transitions, for `/metrics`.
+    pub counters: TargetCounters,
 }
 
 impl Target {
@@ -55,6 +58,7 @@ impl Target {
             failures: AtomicU32::new(0),
             last_change: Mutex::new(None),
             changed,
+            counters: TargetCounters::default(),
         };
         target.refresh(&target.health.lock().expect("health lock"));
         target
@@ -107,6 +111,7 @@ impl Target {
         self.refresh(&health);
         drop(health);
         if let Some(t) = transition {
+            self.counters.transition(t.to);
             *self.last_change.lock().expect("status lock") =
                 Some((std::time::SystemTime::now(), t.to_string()));
             tracing::info!(target = %self.addr, from = t.from.as_str(), to = t.to.as_str(), reason = %t.reason, "health changed");

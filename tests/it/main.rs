@@ -7,4 +7,5 @@ mod config;
 mod demo;
 mod failover;
 mod health;
+mod metrics;
 mod proxy;

@@ -1,0 +1,167 @@
+//! Prometheus metrics: every name in [`names`], documented in `docs/metrics.md`.
+//!
+//! Hot-path cost is the design constraint. Label sets are resolved once: at gateway build time
+//! each route gets a [`RouteMetrics`] holding its own counter handles (retries and stops by
+//! reason, its latency histogram), and request/attempt counters whose label includes a status
+//! code are created on first use into a per-route or per-target slot table. Counting a request
+//! or an attempt is then an atomic load plus an atomic add — no hashing, no allocation, no lock.
+//! Only error requests (a cause other than `none`) go through a family lookup.
+//! Upstream gauges and health counters are read at scrape time (see [`upstream`]).
+
+mod histogram;
+pub mod names;
+mod route;
+#[cfg(test)]
+mod tests;
+pub mod upstream;
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+pub use histogram::{LatencyHistogram, BUCKETS};
+pub use route::{RouteMetrics, TargetAttempts, UpstreamMetrics};
+pub use upstream::{QueueReject, TargetCounters, UpstreamCounters};
+
+use crate::upstream::Upstream;
+
+/// The `Content-Type` of the `/metrics` response (OpenMetrics text; Prometheus reads it).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The `cause` label of a request that ended without a gatewise-generated error.
+pub const NO_CAUSE: &str = "none";
+
+/// The `route` label of a request rejected before a route matched (bad request, no route).
+pub const UNROUTED: &str = "";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: Arc<str>,
+    status: u16,
+    cause: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    route: Arc<str>,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    upstream: Arc<str>,
+    target: Arc<str>,
+    outcome: Cow<'static, str>,
+}
+
+/// The metric families, shared by every route's handles.
+#[derive(Default)]
+struct Families {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RouteLabels, LatencyHistogram>,
+    attempts: Family<AttemptLabels, Counter>,
+    retries: Family<ReasonLabels, Counter>,
+    retry_stops: Family<ReasonLabels, Counter>,
+    budget_exhausted: Family<RouteLabels, Counter>,
+}
+
+/// The gateway's registry, and the per-upstream handles routes are built from.
+pub struct Metrics {
+    registry: Registry,
+    families: Arc<Families>,
+    upstreams: BTreeMap<Arc<str>, Arc<UpstreamMetrics>>,
+}
+
+/// What a counter is registered as: the exposed name without `_total`, which the OpenMetrics
+/// encoder appends to every counter.
+fn counter_base(name: &str) -> &str {
+    name.strip_suffix("_total").unwrap_or(name)
+}
+
+impl Metrics {
+    /// Registers every family, and the scrape-time collector over `upstreams`.
+    pub fn new<'a>(upstreams: impl IntoIterator<Item = &'a Arc<Upstream>>) -> Metrics {
+        use names::*;
+        let families = Arc::new(Families::default());
+        let mut registry = Registry::default();
+        let f = &families;
+        registry.register(counter_base(REQUESTS), REQUESTS_HELP, f.requests.clone());
+        registry.register(REQUEST_DURATION, REQUEST_DURATION_HELP, f.duration.clone());
+        registry.register(
+            counter_base(UPSTREAM_ATTEMPTS),
+            UPSTREAM_ATTEMPTS_HELP,
+            f.attempts.clone(),
+        );
+        registry.register(counter_base(RETRIES), RETRIES_HELP, f.retries.clone());
+        registry.register(
+            counter_base(RETRY_STOPS),
+            RETRY_STOPS_HELP,
+            f.retry_stops.clone(),
+        );
+        registry.register(
+            counter_base(RETRY_BUDGET_EXHAUSTED),
+            RETRY_BUDGET_EXHAUSTED_HELP,
+            f.budget_exhausted.clone(),
+        );
+        let upstreams: Vec<Arc<Upstream>> = upstreams.into_iter().cloned().collect();
+        let handles = upstreams
+            .iter()
+            .map(|up| {
+                (
+                    up.name.clone(),
+                    Arc::new(UpstreamMetrics::new(up, families.clone())),
+                )
+            })
+            .collect();
+        registry.register_collector(Box::new(upstream::UpstreamCollector { upstreams }));
+        Metrics {
+            registry,
+            families,
+            upstreams: handles,
+        }
+    }
+
+    /// The handles of one route (`name` is the route label); built once, at gateway build time.
+    /// An upstream not given to [`Metrics::new`] gets handles of its own.
+    pub fn route(&self, name: &Arc<str>, upstream: &Upstream) -> Arc<RouteMetrics> {
+        let up = self
+            .upstreams
+            .get(&upstream.name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(UpstreamMetrics::new(upstream, self.families.clone())));
+        Arc::new(RouteMetrics::new(
+            name.clone(),
+            Some(up),
+            self.families.clone(),
+        ))
+    }
+
+    /// Handles for requests rejected before a route matched (route label [`UNROUTED`]).
+    pub fn unrouted(&self) -> Arc<RouteMetrics> {
+        Arc::new(RouteMetrics::new(
+            Arc::from(UNROUTED),
+            None,
+            self.families.clone(),
+        ))
+    }
+
+    /// The text exposition, served as [`CONTENT_TYPE`].
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail; an encoder error would be a bug in a label value.
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(%err, "cannot encode metrics");
+        }
+        out
+    }
+}

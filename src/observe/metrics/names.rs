@@ -1,0 +1,50 @@
+//! Every metric name gatewise exposes, with its help text. `docs/metrics.md` documents each;
+//! a name changes here and there together. Counter names include `_total`, as exposed.
+
+pub const REQUESTS: &str = "gatewise_requests_total";
+pub const REQUESTS_HELP: &str =
+    "Client requests by route, status sent and cause (\"none\" unless gatewise generated the error or the body was cut)";
+
+pub const REQUEST_DURATION: &str = "gatewise_request_duration_seconds";
+pub const REQUEST_DURATION_HELP: &str =
+    "Time from request received to the last response byte sent, by route";
+
+pub const UPSTREAM_ATTEMPTS: &str = "gatewise_upstream_attempts_total";
+pub const UPSTREAM_ATTEMPTS_HELP: &str =
+    "Attempts on a target by outcome: the status code received, or the cause of the failure";
+
+pub const RETRIES: &str = "gatewise_retries_total";
+pub const RETRIES_HELP: &str = "Retries made, by route and the rule that allowed them";
+
+pub const RETRY_STOPS: &str = "gatewise_retry_stops_total";
+pub const RETRY_STOPS_HELP: &str =
+    "Failed attempts not retried, by route and the first condition that refused the retry";
+
+pub const RETRY_BUDGET_EXHAUSTED: &str = "gatewise_retry_budget_exhausted_total";
+pub const RETRY_BUDGET_EXHAUSTED_HELP: &str =
+    "Retries the rule allowed but the route's retry budget refused";
+
+pub const UPSTREAM_HEALTH_STATE: &str = "gatewise_upstream_health_state";
+pub const UPSTREAM_HEALTH_STATE_HELP: &str =
+    "1 for the target's current health state, 0 for the others";
+
+pub const HEALTH_TRANSITIONS: &str = "gatewise_health_transitions_total";
+pub const HEALTH_TRANSITIONS_HELP: &str = "Health state changes of a target, by the state entered";
+
+pub const EJECTIONS: &str = "gatewise_ejections_total";
+pub const EJECTIONS_HELP: &str = "Passive ejections of a target (outlier detection)";
+
+pub const UPSTREAM_IN_FLIGHT: &str = "gatewise_upstream_in_flight";
+pub const UPSTREAM_IN_FLIGHT_HELP: &str = "Requests in flight to a target now";
+
+pub const UPSTREAM_IDLE_CONNECTIONS: &str = "gatewise_upstream_idle_connections";
+pub const UPSTREAM_IDLE_CONNECTIONS_HELP: &str =
+    "Idle keep-alive connections pooled for a target now";
+
+pub const QUEUE_DEPTH: &str = "gatewise_queue_depth";
+pub const QUEUE_DEPTH_HELP: &str =
+    "Requests waiting for a free slot on an upstream (every target at max_connections)";
+
+pub const QUEUE_REJECTIONS: &str = "gatewise_queue_rejections_total";
+pub const QUEUE_REJECTIONS_HELP: &str =
+    "Requests turned away by an upstream's wait queue: queue_full or queue_timeout";

@@ -1,0 +1,178 @@
+//! Per-route and per-target handles: the label sets resolved once, so the request path only
+//! touches atomics.
+
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus_client::metrics::counter::Counter;
+
+use super::{
+    AttemptLabels, Families, LatencyHistogram, ReasonLabels, RequestLabels, RouteLabels, NO_CAUSE,
+};
+use crate::proxy::error::Cause;
+use crate::proxy::retry::{RetryReason, StopReason};
+use crate::upstream::Upstream;
+
+/// Status codes with a slot of their own (hyper accepts 100..=999; the rest are looked up).
+const SLOTS: std::ops::Range<u16> = 100..600;
+
+/// Counters created on first use into a fixed slot: afterwards one acquire load finds them.
+struct Lazy(Box<[OnceLock<Counter>]>);
+
+impl Lazy {
+    fn new(n: usize) -> Lazy {
+        Lazy((0..n).map(|_| OnceLock::new()).collect())
+    }
+
+    fn inc(&self, slot: usize, make: impl FnOnce() -> Counter) {
+        self.0[slot].get_or_init(make).inc();
+    }
+}
+
+/// Attempts on one target, by outcome.
+pub struct TargetAttempts {
+    upstream: Arc<str>,
+    target: Arc<str>,
+    by_status: Lazy,
+    by_cause: Lazy,
+    families: Arc<Families>,
+}
+
+impl TargetAttempts {
+    fn counter(&self, outcome: Cow<'static, str>) -> Counter {
+        let labels = AttemptLabels {
+            upstream: self.upstream.clone(),
+            target: self.target.clone(),
+            outcome,
+        };
+        self.families.attempts.get_or_create_owned(&labels)
+    }
+
+    /// One attempt ended with `status` received, or failed with `cause`.
+    pub fn record(&self, status: Option<StatusCode>, cause: Option<Cause>) {
+        match (cause, status) {
+            (Some(c), _) => self
+                .by_cause
+                .inc(c as usize, || self.counter(c.as_str().into())),
+            (None, Some(s)) if SLOTS.contains(&s.as_u16()) => {
+                let slot = usize::from(s.as_u16() - SLOTS.start);
+                self.by_status
+                    .inc(slot, || self.counter(s.as_u16().to_string().into()));
+            }
+            (None, Some(s)) => {
+                self.counter(s.as_u16().to_string().into()).inc();
+            }
+            (None, None) => {}
+        }
+    }
+}
+
+/// The handles of one upstream's targets, indexed like `Upstream::targets`; shared by routes.
+pub struct UpstreamMetrics {
+    pub targets: Vec<TargetAttempts>,
+}
+
+impl UpstreamMetrics {
+    pub(super) fn new(upstream: &Upstream, families: Arc<Families>) -> UpstreamMetrics {
+        let targets = upstream
+            .targets
+            .iter()
+            .map(|t| TargetAttempts {
+                upstream: upstream.name.clone(),
+                target: t.addr.clone(),
+                by_status: Lazy::new(SLOTS.len()),
+                by_cause: Lazy::new(Cause::ALL.len()),
+                families: families.clone(),
+            })
+            .collect();
+        UpstreamMetrics { targets }
+    }
+}
+
+/// The handles one route counts with.
+pub struct RouteMetrics {
+    route: Arc<str>,
+    /// Requests with cause `none`, by status.
+    ok_by_status: Lazy,
+    duration: LatencyHistogram,
+    retries: [Counter; RetryReason::ALL.len()],
+    stops: [Counter; StopReason::ALL.len()],
+    budget_exhausted: Counter,
+    upstream: Option<Arc<UpstreamMetrics>>,
+    families: Arc<Families>,
+}
+
+impl RouteMetrics {
+    pub(super) fn new(
+        route: Arc<str>,
+        upstream: Option<Arc<UpstreamMetrics>>,
+        families: Arc<Families>,
+    ) -> RouteMetrics {
+        // Created now, so every reason shows as 0 before its first event (rate() needs that).
+        let reason =
+            |family: &prometheus_client::metrics::family::Family<ReasonLabels, Counter>,
+             reason: &'static str| {
+                family.get_or_create_owned(&ReasonLabels {
+                    route: route.clone(),
+                    reason,
+                })
+            };
+        let labels = RouteLabels {
+            route: route.clone(),
+        };
+        RouteMetrics {
+            ok_by_status: Lazy::new(SLOTS.len()),
+            duration: families.duration.get_or_create_owned(&labels),
+            retries: RetryReason::ALL.map(|r| reason(&families.retries, r.as_str())),
+            stops: StopReason::ALL.map(|r| reason(&families.retry_stops, r.as_str())),
+            budget_exhausted: families.budget_exhausted.get_or_create_owned(&labels),
+            route,
+            upstream,
+            families,
+        }
+    }
+
+    /// A request ended: `status` sent to the client, `cause` if gatewise generated the response
+    /// or the body was cut, `elapsed` since it was received.
+    pub fn request(&self, status: u16, cause: Option<Cause>, elapsed: Duration) {
+        self.duration.observe(elapsed);
+        let counter = || {
+            let labels = RequestLabels {
+                route: self.route.clone(),
+                status,
+                cause: cause.map_or(NO_CAUSE, Cause::as_str),
+            };
+            self.families.requests.get_or_create_owned(&labels)
+        };
+        match cause {
+            None if SLOTS.contains(&status) => {
+                self.ok_by_status
+                    .inc(usize::from(status - SLOTS.start), counter);
+            }
+            _ => {
+                counter().inc();
+            }
+        }
+    }
+
+    /// One attempt on the target at `index` of the route's upstream ended.
+    pub fn attempt(&self, index: usize, status: Option<StatusCode>, cause: Option<Cause>) {
+        if let Some(t) = self.upstream.as_ref().and_then(|u| u.targets.get(index)) {
+            t.record(status, cause);
+        }
+    }
+
+    pub fn retry(&self, reason: RetryReason) {
+        self.retries[reason as usize].inc();
+    }
+
+    /// A failed attempt was not retried; budget exhaustion also counts on its own counter.
+    pub fn retry_stop(&self, reason: StopReason) {
+        self.stops[reason as usize].inc();
+        if reason == StopReason::BudgetExhausted {
+            self.budget_exhausted.inc();
+        }
+    }
+}

@@ -1,0 +1,90 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::*;
+use crate::proxy::error::Cause;
+use crate::proxy::retry::{RetryReason, StopReason};
+
+/// Handles index arrays by `enum as usize`: that needs `ALL` in declaration order.
+#[test]
+fn all_lists_are_in_declaration_order() {
+    for (i, c) in Cause::ALL.into_iter().enumerate() {
+        assert_eq!(c as usize, i, "{c:?}");
+    }
+    for (i, r) in RetryReason::ALL.into_iter().enumerate() {
+        assert_eq!(r as usize, i, "{r:?}");
+    }
+    for (i, r) in StopReason::ALL.into_iter().enumerate() {
+        assert_eq!(r as usize, i, "{r:?}");
+    }
+    for (i, r) in QueueReject::ALL.into_iter().enumerate() {
+        assert_eq!(r as usize, i, "{r:?}");
+    }
+}
+
+fn upstream() -> Arc<Upstream> {
+    let targets = vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()];
+    let config = crate::config::UpstreamConfig::new(targets);
+    Arc::new(Upstream::new("api", config))
+}
+
+#[test]
+fn counts_show_in_the_exposition_with_their_labels() {
+    let up = upstream();
+    let metrics = Metrics::new([&up]);
+    let route = metrics.route(&Arc::from("web#0"), &up);
+    route.request(200, None, Duration::from_millis(3));
+    route.request(200, None, Duration::from_millis(3));
+    route.request(
+        502,
+        Some(Cause::ConnectionRefused),
+        Duration::from_millis(1),
+    );
+    route.attempt(0, None, Some(Cause::ConnectionRefused));
+    route.attempt(1, Some(StatusCode::OK), None);
+    route.retry(RetryReason::NotSent);
+    route.retry_stop(StopReason::BudgetExhausted);
+    metrics
+        .unrouted()
+        .request(404, Some(Cause::DestinationNotFound), Duration::ZERO);
+    up.counters.queue_rejected(QueueReject::Full);
+
+    let text = metrics.encode();
+    for line in [
+        r#"gatewise_requests_total{route="web#0",status="200",cause="none"} 2"#,
+        r#"gatewise_requests_total{route="web#0",status="502",cause="connection_refused"} 1"#,
+        r#"gatewise_requests_total{route="",status="404",cause="destination_not_found"} 1"#,
+        r#"gatewise_request_duration_seconds_count{route="web#0"} 3"#,
+        r#"gatewise_request_duration_seconds_bucket{le="0.001",route="web#0"} 1"#,
+        r#"gatewise_upstream_attempts_total{upstream="api",target="127.0.0.1:1",outcome="connection_refused"} 1"#,
+        r#"gatewise_upstream_attempts_total{upstream="api",target="127.0.0.1:2",outcome="200"} 1"#,
+        r#"gatewise_retries_total{route="web#0",reason="not_sent"} 1"#,
+        r#"gatewise_retries_total{route="web#0",reason="status"} 0"#,
+        r#"gatewise_retry_stops_total{route="web#0",reason="budget_exhausted"} 1"#,
+        r#"gatewise_retry_budget_exhausted_total{route="web#0"} 1"#,
+        r#"gatewise_queue_rejections_total{upstream="api",reason="queue_full"} 1"#,
+        r#"gatewise_queue_rejections_total{upstream="api",reason="queue_timeout"} 0"#,
+        r#"gatewise_queue_depth{upstream="api"} 0"#,
+        r#"gatewise_upstream_in_flight{upstream="api",target="127.0.0.1:1"} 0"#,
+        r#"gatewise_ejections_total{upstream="api",target="127.0.0.1:2"} 0"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"));
+}
+
+#[test]
+fn two_routes_on_one_upstream_share_the_attempt_series() {
+    let up = upstream();
+    let metrics = Metrics::new([&up]);
+    let a = metrics.route(&Arc::from("a"), &up);
+    let b = metrics.route(&Arc::from("b"), &up);
+    a.attempt(0, Some(StatusCode::OK), None);
+    b.attempt(0, Some(StatusCode::OK), None);
+    let text = metrics.encode();
+    let line =
+        r#"gatewise_upstream_attempts_total{upstream="api",target="127.0.0.1:1",outcome="200"} 2"#;
+    assert!(text.contains(line), "{text}");
+}
