@@ -48,7 +48,9 @@ fi
 work=$(mktemp -d /tmp/gatewise-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
+idle_pid=""
 cleanup() {
+    [ -z "$idle_pid" ] || kill "$idle_pid" 2>/dev/null || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do
         # Bounded: give each process up to 5 s, then SIGKILL.
@@ -276,15 +278,20 @@ memory() { # name pid port
     local name=$1 pid=$2 port=$3 base loaded line
     base=$(pss_kib "$pid")
     coproc IDLE { python3 "$work/idle.py" "$port" "$IDLE_CONNS" 2>&1; }
-    pids+=("$IDLE_PID")
+    # Remembered only while it runs, so cleanup never signals a recycled pid.
+    idle_pid=$IDLE_PID
     read -r -t 60 line <&"${IDLE[0]}" || line="timeout"
     if [ "$line" != open ]; then
         echo "$name: idle client failed: $line" >&2
+        kill "$idle_pid" 2>/dev/null || true
+        wait "$idle_pid" 2>/dev/null || true
+        idle_pid=""
         return
     fi
     loaded=$(pss_kib "$pid")
     echo done >&"${IDLE[1]}"
-    wait "$IDLE_PID" 2>/dev/null || true
+    wait "$idle_pid" 2>/dev/null || true
+    idle_pid=""
     awk -v n="$name" -v b="$base" -v l="$loaded" -v c="$IDLE_CONNS" \
         'BEGIN { printf "%-9s PSS after load %6d KiB, with %d idle conns %6d KiB  => %.2f KiB per idle connection\n", n, b, c, l, (l - b) / c }'
 }
