@@ -1,0 +1,299 @@
+#!/usr/bin/env bash
+# gatewise vs nginx as a reverse proxy: req/s, p99, proxy CPU per request, memory.
+#
+# Both proxies run one worker pinned to core $PROXY_CPU, in front of the same upstream (an nginx
+# answering a small body with `return 200`, so it does no file I/O); wrk and the upstream share
+# core $LOAD_CPU. Runs alternate gatewise / nginx back to back, $REPEATS times. Loopback only.
+# Run by hand, never in CI (it takes about REPEATS * 2 * (DURATION + WARMUP) seconds).
+#
+# Knobs (environment):
+#   DURATION=10s  WARMUP=2s  CONNECTIONS=50  THREADS=1  REPEATS=3
+#   IDLE_CONNS=1000     idle keep-alive client connections for the memory figure
+#   ACCESS_LOG=off      off: both proxies log nothing; on: both append to a file in the temp dir
+#   PROXY_CPU=1  LOAD_CPU=0
+#   GATEWISE=path       a prebuilt binary (default: target/release/gatewise, built if missing)
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNECTIONS=${CONNECTIONS:-50}
+THREADS=${THREADS:-1}
+REPEATS=${REPEATS:-3}
+IDLE_CONNS=${IDLE_CONNS:-1000}
+ACCESS_LOG=${ACCESS_LOG:-off}
+PROXY_CPU=${PROXY_CPU:-1}
+LOAD_CPU=${LOAD_CPU:-0}
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+GATEWISE=${GATEWISE:-$target_dir/release/gatewise}
+
+# --- tools ------------------------------------------------------------------------------------
+need_apt=()
+command -v nginx >/dev/null || need_apt+=(nginx-light)
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v taskset >/dev/null || need_apt+=(util-linux)
+if ((${#need_apt[@]})); then
+    echo "installing ${need_apt[*]}" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
+    $sudo_cmd apt-get install -y "${need_apt[@]}" >&2
+fi
+if [ ! -x "$GATEWISE" ]; then
+    echo "building gatewise (release)" >&2
+    (cd "$root" && cargo build --release --bin gatewise) >&2
+fi
+
+# --- cleanup: every process started here is remembered and ended on exit -------------------------
+work=$(mktemp -d /tmp/gatewise-bench.XXXXXX)
+chmod 755 "$work"
+pids=()
+idle_pid=""
+cleanup() {
+    [ -z "$idle_pid" ] || kill "$idle_pid" 2>/dev/null || true
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do
+        # Bounded: give each process up to 5 s, then SIGKILL.
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Waits (at most 10 s) until 127.0.0.1:$1 accepts connections.
+wait_port() {
+    local deadline=$((SECONDS + 10))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            echo "port $1 did not open; logs in $work:" >&2
+            tail -n 20 "$work"/*.log >&2 || true
+            exit 1
+        fi
+        sleep 0.05
+    done
+}
+
+up_port=$(free_port)
+gw_port=$(free_port)
+ng_port=$(free_port)
+while [ "$gw_port" = "$up_port" ] || [ "$ng_port" = "$up_port" ] || [ "$ng_port" = "$gw_port" ]; do
+    gw_port=$(free_port)
+    ng_port=$(free_port)
+done
+
+nginx_common="daemon off;
+master_process on;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }"
+
+nginx_temp="client_body_temp_path $work/cb; proxy_temp_path $work/px; fastcgi_temp_path $work/fc;
+    uwsgi_temp_path $work/uw; scgi_temp_path $work/sc;"
+
+# --- upstream -----------------------------------------------------------------------------------
+# keepalive_requests is raised so neither proxy pays for the upstream closing every 1000 requests.
+cat >"$work/upstream.conf" <<EOF
+$nginx_common
+worker_processes 1;
+pid $work/upstream.pid;
+error_log $work/upstream-error.log;
+http {
+    access_log off;
+    $nginx_temp
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$up_port reuseport;
+        location / { default_type text/plain; return 200 "hello from upstream\n"; }
+    }
+}
+EOF
+taskset -c "$LOAD_CPU" nginx -p "$work" -c "$work/upstream.conf" -e "$work/upstream-error.log" &
+pids+=($!)
+wait_port "$up_port"
+
+# --- the two proxies ----------------------------------------------------------------------------
+if [ "$ACCESS_LOG" = on ]; then
+    gw_log="$work/gatewise-access.log"
+    ng_log="access_log $work/nginx-access.log;"
+else
+    gw_log="off"
+    ng_log="access_log off;"
+fi
+
+cat >"$work/gatewise.toml" <<EOF
+workers = 1
+access_log = "$gw_log"
+
+[admin]
+listen = "off"
+
+[[listener]]
+name = "bench"
+listen = "127.0.0.1:$gw_port"
+
+[[route]]
+path_prefix = "/"
+upstream = "bench"
+
+[upstream.bench]
+targets = ["127.0.0.1:$up_port"]
+EOF
+
+# Best-practice nginx reverse proxy, adding the same X-Forwarded-* and request id gatewise adds.
+cat >"$work/proxy.conf" <<EOF
+$nginx_common
+worker_processes 1;
+pid $work/proxy.pid;
+error_log $work/proxy-error.log;
+http {
+    $ng_log
+    $nginx_temp
+    keepalive_requests 1000000;
+    upstream bench { server 127.0.0.1:$up_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$ng_port;
+        location / {
+            proxy_pass http://bench;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Request-Id \$request_id;
+        }
+    }
+}
+EOF
+
+taskset -c "$PROXY_CPU" "$GATEWISE" run -c "$work/gatewise.toml" >"$work/gatewise.log" 2>&1 &
+gw_pid=$!
+pids+=("$gw_pid")
+taskset -c "$PROXY_CPU" nginx -p "$work" -c "$work/proxy.conf" -e "$work/proxy-error.log" &
+ng_pid=$!
+pids+=("$ng_pid")
+wait_port "$gw_port"
+wait_port "$ng_port"
+echo "upstream :$up_port  gatewise :$gw_port (pid $gw_pid)  nginx :$ng_port (pid $ng_pid)  access log: $ACCESS_LOG" >&2
+
+# A proxy's process tree: the pid and its direct children (nginx master + workers).
+tree() { echo "$1" $(pgrep -P "$1" || true); }
+
+# utime+stime of a process tree, in clock ticks.
+cpu_ticks() {
+    local total=0 p
+    for p in $(tree "$1"); do
+        # Fields after the ")" of comm: utime and stime are the 12th and 13th.
+        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+
+# Proportional set size of a process tree in KiB (PSS, so pages the nginx master and worker
+# share are not counted twice).
+pss_kib() {
+    local total=0 p
+    for p in $(tree "$1"); do
+        total=$((total + $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup")))
+    done
+    echo "$total"
+}
+
+# wrk's latency with unit → milliseconds.
+to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n *= 1; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'; }
+
+hz=$(getconf CLK_TCK)
+declare -A sum_rps sum_p99 sum_cpu
+results="$work/results.txt"
+: >"$results"
+
+run_one() { # name pid port round
+    local name=$1 pid=$2 port=$3 round=$4 out before after
+    taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$port/" >/dev/null
+    before=$(cpu_ticks "$pid")
+    out=$(taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$port/")
+    after=$(cpu_ticks "$pid")
+    local reqs rps p99 bad cpu_us
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    bad=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")
+    cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
+    printf "%-9s run %d: %10s req/s  p99 %8s ms  cpu/req %7s us  %s\n" "$name" "$round" "$rps" "$p99" "$cpu_us" "$bad"
+    echo "$name $rps $p99 $cpu_us" >>"$results"
+}
+
+echo "== throughput: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP), proxy on cpu $PROXY_CPU, wrk+upstream on cpu $LOAD_CPU"
+for round in $(seq "$REPEATS"); do
+    run_one gatewise "$gw_pid" "$gw_port" "$round"
+    run_one nginx "$ng_pid" "$ng_port" "$round"
+done
+
+echo "== summary (mean of $REPEATS runs)"
+awk '
+    { n[$1]++; rps[$1] += $2; p99[$1] += $3; cpu[$1] += $4 }
+    END {
+        for (k in n) { rps[k] /= n[k]; p99[k] /= n[k]; cpu[k] /= n[k] }
+        printf "%-9s %10.0f req/s  p99 %7.3f ms  cpu/req %6.2f us\n", "gatewise", rps["gatewise"], p99["gatewise"], cpu["gatewise"]
+        printf "%-9s %10.0f req/s  p99 %7.3f ms  cpu/req %6.2f us\n", "nginx", rps["nginx"], p99["nginx"], cpu["nginx"]
+        printf "ratio gatewise/nginx: req/s %.2fx  p99 %.2fx  cpu/req %.2fx\n", rps["gatewise"] / rps["nginx"], p99["gatewise"] / p99["nginx"], cpu["gatewise"] / cpu["nginx"]
+    }' "$results"
+
+# --- memory -------------------------------------------------------------------------------------
+# Opens $IDLE_CONNS client connections, makes one request on each (so each is a live keep-alive
+# connection, as a browser would leave it), reports, then holds them until told to close.
+cat >"$work/idle.py" <<'EOF'
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+conns = []
+req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(req)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit("connection closed early")
+        buf += chunk
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        if k.strip().lower() == b"content-length":
+            length = int(v)
+    while len(body) < length:
+        body += s.recv(65536)
+    conns.append(s)
+print("open", flush=True)
+sys.stdin.readline()  # hold the connections until the caller writes a line or exits
+EOF
+
+echo "== memory (PSS of the proxy's process tree; $IDLE_CONNS idle keep-alive client connections)"
+memory() { # name pid port
+    local name=$1 pid=$2 port=$3 base loaded line
+    base=$(pss_kib "$pid")
+    coproc IDLE { python3 "$work/idle.py" "$port" "$IDLE_CONNS" 2>&1; }
+    # Remembered only while it runs, so cleanup never signals a recycled pid.
+    idle_pid=$IDLE_PID
+    read -r -t 60 line <&"${IDLE[0]}" || line="timeout"
+    if [ "$line" != open ]; then
+        echo "$name: idle client failed: $line" >&2
+        kill "$idle_pid" 2>/dev/null || true
+        wait "$idle_pid" 2>/dev/null || true
+        idle_pid=""
+        return
+    fi
+    loaded=$(pss_kib "$pid")
+    echo done >&"${IDLE[1]}"
+    wait "$idle_pid" 2>/dev/null || true
+    idle_pid=""
+    awk -v n="$name" -v b="$base" -v l="$loaded" -v c="$IDLE_CONNS" \
+        'BEGIN { printf "%-9s PSS after load %6d KiB, with %d idle conns %6d KiB  => %.2f KiB per idle connection\n", n, b, c, l, (l - b) / c }'
+}
+memory gatewise "$gw_pid" "$gw_port"
+memory nginx "$ng_pid" "$ng_port"
