@@ -53,14 +53,14 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    runtime.block_on(async {
-        let log = match AccessLog::start(&config.access_log) {
-            Ok(log) => log,
-            Err(e) => {
-                eprintln!("gatewise: access log: {e}");
-                return ExitCode::from(2);
-            }
-        };
+    let (log, writer) = match AccessLog::start(&config.access_log) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("gatewise: access log: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = runtime.block_on(async move {
         let gateway = match Gateway::bind(&config, log).await {
             Ok(g) => g,
             Err(e) => {
@@ -73,7 +73,14 @@ pub fn run(args: &RunArgs) -> ExitCode {
             () = shutdown_signal() => tracing::info!("signal received, stopping"),
         }
         ExitCode::SUCCESS
-    })
+    });
+    // Dropping the runtime drops every task and with them every handle on the access log, so
+    // the writer can drain the last lines and stop.
+    drop(runtime);
+    if let Some(writer) = writer {
+        writer.finish();
+    }
+    code
 }
 
 /// A runtime with `workers` threads (default: one per core). One worker gets a current-thread

@@ -73,10 +73,11 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
-    /// Starts the writer thread for `dest`.
-    pub fn start(dest: &Destination) -> std::io::Result<Self> {
+    /// Starts the writer thread for `dest`. Once every clone of the log is dropped, call
+    /// [`Writer::finish`] so the last lines reach the destination before the process exits.
+    pub fn start(dest: &Destination) -> std::io::Result<(Self, Option<Writer>)> {
         let out: Box<dyn Write + Send> = match dest {
-            Destination::Off => return Ok(Self { tx: None }),
+            Destination::Off => return Ok((Self { tx: None }, None)),
             Destination::Stdout => Box::new(std::io::stdout()),
             Destination::File(path) => Box::new(
                 std::fs::OpenOptions::new()
@@ -86,10 +87,10 @@ impl AccessLog {
             ),
         };
         let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("gatewise-access-log".into())
             .spawn(move || write_loop(rx, out))?;
-        Ok(Self { tx: Some(tx) })
+        Ok((Self { tx: Some(tx) }, Some(Writer(thread))))
     }
 
     /// A log whose lines arrive on the returned channel (for tests).
@@ -111,6 +112,16 @@ impl AccessLog {
             // The writer thread only ends with the process.
             let _ = tx.send(line);
         }
+    }
+}
+
+/// The writer thread of a started access log.
+pub struct Writer(std::thread::JoinHandle<()>);
+
+impl Writer {
+    /// Waits until every queued line is written; returns once all log handles are dropped.
+    pub fn finish(self) {
+        let _ = self.0.join();
     }
 }
 
