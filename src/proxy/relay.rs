@@ -54,7 +54,9 @@ impl ClientBody {
 pub struct Relay {
     inner: Incoming,
     idle_timeout: Duration,
-    idle: Pin<Box<Sleep>>,
+    /// Armed the first time the upstream makes us wait: a body that is already buffered (most
+    /// small responses) never pays for a timer.
+    idle: Option<Pin<Box<Sleep>>>,
     bytes: u64,
     done: Option<Box<dyn Completion>>,
 }
@@ -64,7 +66,7 @@ impl Relay {
         Self {
             inner,
             idle_timeout,
-            idle: Box::pin(tokio::time::sleep(idle_timeout)),
+            idle: None,
             bytes: 0,
             done: Some(done),
         }
@@ -110,8 +112,9 @@ impl Body for ClientBody {
                 if let Some(data) = frame.data_ref() {
                     relay.bytes += data.len() as u64;
                 }
-                let deadline = Instant::now() + relay.idle_timeout;
-                relay.idle.as_mut().reset(deadline);
+                if let Some(idle) = relay.idle.as_mut() {
+                    idle.as_mut().reset(Instant::now() + relay.idle_timeout);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(err))) => {
@@ -124,7 +127,11 @@ impl Body for ClientBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if relay.idle.as_mut().poll(cx).is_ready() {
+                let timeout = relay.idle_timeout;
+                let idle = relay
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if idle.as_mut().poll(cx).is_ready() {
                     relay.finish(BodyEnd::Upstream(Cause::HttpResponseTimeout));
                     return Poll::Ready(Some(Err(RelayError(Cause::HttpResponseTimeout))));
                 }
