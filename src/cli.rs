@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "gatewise", version, about = "A reverse proxy that explains every 5xx it returns")]
+#[command(
+    name = "gatewise",
+    version,
+    about = "A reverse proxy that explains every 5xx it returns"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

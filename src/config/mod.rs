@@ -135,7 +135,10 @@ pub struct HealthConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum HealthCheckKind {
     /// `GET path`; healthy when the status is in `expected_status` (inclusive range).
-    Http { path: String, expected_status: (u16, u16) },
+    Http {
+        path: String,
+        expected_status: (u16, u16),
+    },
     /// A TCP connect that succeeds.
     Tcp,
 }
@@ -281,7 +284,11 @@ impl Config {
         Self {
             workers: None,
             admin: AdminConfig {
-                listen: Some(defaults::ADMIN_LISTEN.parse().expect("valid default address")),
+                listen: Some(
+                    defaults::ADMIN_LISTEN
+                        .parse()
+                        .expect("valid default address"),
+                ),
             },
             access_log: AccessLog::Stdout,
             listeners: vec![ListenerConfig::new("public", listen)],

@@ -35,7 +35,11 @@ impl ConfigErrors {
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for e in &self.0 {
-            writeln!(f, "{}:{}:{}: {}: {}", e.file, e.line, e.column, e.field, e.message)?;
+            writeln!(
+                f,
+                "{}:{}:{}: {}: {}",
+                e.file, e.line, e.column, e.field, e.message
+            )?;
         }
         Ok(())
     }
