@@ -71,7 +71,7 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
     let (Some(_frontend), Some(be_srv), Some(timers)) = (tok.next(), tok.next(), tok.next()) else {
         return Line::Unknown;
     };
-    let Some((_backend, server)) = be_srv.split_once('/') else {
+    let Some((backend, server)) = be_srv.split_once('/') else {
         return Line::Unknown;
     };
     let http = timers.split('/').count() == 5;
@@ -95,7 +95,12 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
         .trim_start_matches('+')
         .parse()
         .unwrap_or(0);
-    let target = (server != "<NOSRV>").then_some(server);
+    // `backend/server`; the backend alone when no server was chosen (like nginx's group name).
+    let target = if server == "<NOSRV>" {
+        Some(backend)
+    } else {
+        Some(be_srv)
+    };
     let http_status = (status > 0).then_some(status as u16);
     match cause_of(state, server, status) {
         Some(cause) => sink(Failure {
@@ -110,14 +115,15 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
         None if status == 502 || status == 503 || status == 504 => {}
         None => {
             // Served after `retries` failed connection attempts (HAProxy retries only those by
-            // default); which server failed is not logged, so the cause stays open.
+            // default); which server failed is not logged, so the cause stays open and the
+            // target is the backend.
             for _ in 0..retries.min(100) {
                 sink(Failure {
                     minute,
                     cause: None,
                     status: http_status,
                     code: "retried",
-                    target,
+                    target: Some(backend),
                     request,
                     recovered: true,
                 });
@@ -148,12 +154,16 @@ mod tests {
         assert!(matches!(line, Line::Understood(Some(_))));
         assert_eq!(
             got,
-            vec![(Some(Cause::ConnectionTimeout), Some("s1".into()), false)]
+            vec![(Some(Cause::ConnectionTimeout), Some("app/s1".into()), false)]
         );
         let nosrv = "127.0.0.1:4 [21/Nov/2026:12:00:01.002] web app/<NOSRV> 0/-1/-1/-1/0 503 217 - - SC-- 1/1/0/0/0 0/0 \"GET / HTTP/1.1\"";
         assert_eq!(
             run(nosrv).1,
-            vec![(Some(Cause::DestinationUnavailable), None, false)]
+            vec![(
+                Some(Cause::DestinationUnavailable),
+                Some("app".into()),
+                false
+            )]
         );
     }
 
@@ -170,7 +180,7 @@ mod tests {
         let tcp = "127.0.0.1:4 [21/Nov/2026:12:00:01.002] db db/pg1 0/-1/5 0 SC 1/1/0/0/0 0/0";
         assert_eq!(
             run(tcp).1,
-            vec![(Some(Cause::ConnectionRefused), Some("pg1".into()), false)]
+            vec![(Some(Cause::ConnectionRefused), Some("db/pg1".into()), false)]
         );
         let client = "127.0.0.1:4 [21/Nov/2026:12:00:01.002] web app/s1 0/0/1/-1/9 -1 0 - - CH-- 1/1/0/0/0 0/0 \"GET / HTTP/1.1\"";
         assert_eq!(run(client), (run(client).0, vec![]));

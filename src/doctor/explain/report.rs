@@ -235,9 +235,22 @@ fn episode(run: &[(&Minute, &MinuteTally)]) -> Episode {
         count,
         cause,
         cause_share: share,
-        diagnosis: diagnose(cause, target.as_deref(), minutes),
+        diagnosis: if share < 0.5 {
+            mixed(&causes, target.as_deref(), minutes)
+        } else {
+            diagnose(cause, target.as_deref(), minutes)
+        },
         target,
     }
+}
+
+/// No cause holds half of the episode: several things broke at once, or a test run.
+fn mixed(causes: &BTreeMap<CauseKey, u64>, target: Option<&str>, minutes: i64) -> String {
+    let on = target.map_or_else(|| "several targets".to_string(), |t| t.to_string());
+    format!(
+        "{} different causes on {on} within {minutes} minute(s): no single root cause; read each cause below",
+        causes.len()
+    )
 }
 
 /// The likely root cause of an episode, in one sentence.
