@@ -17,6 +17,8 @@ pub mod nginx_access;
 pub mod nginx_error;
 pub mod render;
 pub mod report;
+#[cfg(test)]
+mod robustness;
 mod time;
 
 use std::process::ExitCode;
