@@ -80,7 +80,11 @@ fn text(line: &[u8]) -> Cow<'_, str> {
             .rev()
             .take_while(|b| matches!(b, b'\n' | b'\r'))
             .count();
-    String::from_utf8_lossy(&line[..end])
+    // `from_utf8` is the fast check; the lossy path is only for the rare broken line.
+    match std::str::from_utf8(&line[..end]) {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(&line[..end]),
+    }
 }
 
 fn one_line(report: &mut Report, format: Option<Format>, auto: bool, number: u64, raw: &[u8]) {

@@ -5,10 +5,18 @@
 //! Lines of this format that are not about an upstream (missing files, client aborts) are
 //! understood and carry no failure; upstream messages we cannot classify count as unknown.
 
-use memchr::memmem;
+use std::sync::LazyLock;
+
+use memchr::memmem::{Finder, FinderRev};
 
 use super::{time, Failure, Line};
 use crate::proxy::error::Cause;
+
+// Searchers built once: building one per line cost more than the search itself.
+static WHILE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(" while "));
+static CLIENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(", client: "));
+static UPSTREAM: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(", upstream: \""));
+static REQUEST: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(", request: \""));
 
 /// How far the attempt got, from the ` while …` context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,7 +29,7 @@ enum Stage {
 }
 
 fn stage(msg: &str) -> Stage {
-    let Some(at) = msg.rfind(" while ") else {
+    let Some(at) = WHILE.rfind(msg.as_bytes()) else {
         return Stage::Unknown;
     };
     let ctx = &msg[at + 7..];
@@ -158,8 +166,8 @@ fn benign(msg: &str) -> bool {
 }
 
 /// The value of `, NAME: "VALUE"` in the tail of the line.
-fn quoted_field<'a>(tail: &'a str, key: &str) -> Option<&'a str> {
-    let at = memmem::find(tail.as_bytes(), key.as_bytes())? + key.len();
+fn quoted_field<'a>(tail: &'a str, key: &Finder<'_>) -> Option<&'a str> {
+    let at = key.find(tail.as_bytes())? + key.needle().len();
     let rest = &tail[at..];
     Some(&rest[..rest.find('"')?])
 }
@@ -186,23 +194,27 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
         return Line::Unknown;
     }
     let rest = &line[21..];
-    let Some(close) = rest.find("] ") else {
+    let Some(close) = memchr::memchr(b']', rest.as_bytes()) else {
         return Line::Unknown;
     };
+    if rest.as_bytes().get(close + 1) != Some(&b' ') {
+        return Line::Unknown;
+    }
     let level = &rest[..close];
     let rest = &rest[close + 2..];
     // `PID#TID: ` then an optional `*CONNECTION `.
-    let Some(colon) = rest.find(": ") else {
+    let Some(colon) = memchr::memchr(b':', rest.as_bytes()) else {
         return Line::Unknown;
     };
-    if !rest[..colon].contains('#') {
+    let pid = &rest.as_bytes()[..colon];
+    if rest.as_bytes().get(colon + 1) != Some(&b' ') || memchr::memchr(b'#', pid).is_none() {
         return Line::Unknown;
     }
     let mut msg = &rest[colon + 2..];
     if msg.starts_with('*') {
         msg = msg.find(' ').map_or("", |i| &msg[i + 1..]);
     }
-    let (msg, tail) = match memmem::find(msg.as_bytes(), b", client: ") {
+    let (msg, tail) = match CLIENT.find(msg.as_bytes()) {
         Some(i) => (&msg[..i], &msg[i..]),
         None => (msg, ""),
     };
@@ -213,7 +225,7 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
         }
         return Line::Understood(Some(minute));
     };
-    let mut target = quoted_field(tail, ", upstream: \"").map(upstream_target);
+    let mut target = quoted_field(tail, &UPSTREAM).map(upstream_target);
     if target.is_none() && cause == Cause::DnsError {
         target = msg.find(" could not be resolved").map(|i| &msg[..i]);
     }
@@ -223,7 +235,7 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
         status: None,
         code,
         target,
-        request: quoted_field(tail, ", request: \""),
+        request: quoted_field(tail, &REQUEST),
         recovered: false,
     });
     Line::Understood(Some(minute))
