@@ -15,6 +15,8 @@ use super::report::{CauseKey, Report};
 /// Timeline rows printed in text; the busiest are kept, JSON has all.
 const TIMELINE_ROWS: usize = 40;
 const BAR: usize = 30;
+/// Episodes printed in text; JSON has all.
+const FINDINGS: usize = 10;
 
 fn cause_counts(m: &BTreeMap<CauseKey, u64>) -> Vec<(CauseKey, u64)> {
     let mut v: Vec<_> = m.iter().map(|(c, n)| (*c, *n)).collect();
@@ -88,7 +90,18 @@ pub fn text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
         }
         timeline(r, out)?;
         writeln!(out, "\nFindings")?;
-        for (i, e) in r.episodes().iter().enumerate() {
+        let mut episodes = r.episodes();
+        if episodes.len() > FINDINGS {
+            writeln!(
+                out,
+                "  ({} episodes; the {FINDINGS} largest shown, in time order)",
+                episodes.len()
+            )?;
+            episodes.sort_by(|a, b| b.count.cmp(&a.count).then(a.start.cmp(&b.start)));
+            episodes.truncate(FINDINGS);
+            episodes.sort_by_key(|e| e.start);
+        }
+        for (i, e) in episodes.iter().enumerate() {
             let span = if e.start == e.end {
                 e.start.as_str().to_string()
             } else {
