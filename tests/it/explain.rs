@@ -107,9 +107,9 @@ fn captured_haproxy_log() {
     assert_eq!(r["files"][0]["format"], "haproxy");
     let want = map(&[
         ("connection_limit_reached", 1),
-        ("connection_refused", 1),
+        ("connection_refused", 3), // SC after 2 retries: three refused connects
         ("connection_terminated", 1),
-        ("connection_timeout", 1),
+        ("connection_timeout", 3), // sC after 2 retries
         ("destination_unavailable", 1),
         ("http_protocol_error", 2),
         ("http_response_incomplete", 1),
@@ -119,7 +119,7 @@ fn captured_haproxy_log() {
     assert_eq!(counts(&r, "by_cause", "cause"), want);
     let targets = counts(&r, "by_target", "target");
     assert_eq!(targets["retried"], 4); // four served requests, each after one failed connect
-    assert_eq!(targets["refused/dead1"], 1);
+    assert_eq!(targets["refused/dead1"], 3);
     assert_eq!(targets["nosrv"], 1);
     assert_eq!(targets["queue"], 1);
 }
@@ -226,12 +226,12 @@ fn several_files_and_mixed_formats_add_up() {
     let (code, out) = explain(&["--json", "-", &fixture("envoy.log")], mixed.as_bytes());
     assert_eq!(code, 1);
     let r: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(r["failures"], 17 + 14 + 8);
+    assert_eq!(r["failures"], 17 + 18 + 8);
     assert_eq!(r["unknown"], 1 + 1);
     assert_eq!(r["files"][0]["path"], "-");
     assert_eq!(
         counts(&r, "by_cause", "cause")["connection_refused"],
-        6 + 1 + 1
+        6 + 3 + 1
     );
 }
 
@@ -247,7 +247,7 @@ fn gzip_input_is_read_transparently() {
     std::fs::remove_file(&path).unwrap();
     assert_eq!(code, 1);
     assert_eq!(r["files"][0]["format"], "haproxy");
-    assert_eq!(r["failures"], 14);
+    assert_eq!(r["failures"], 18);
 }
 
 #[test]

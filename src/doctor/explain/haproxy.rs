@@ -103,15 +103,26 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
     };
     let http_status = (status > 0).then_some(status as u16);
     match cause_of(state, server, status) {
-        Some(cause) => sink(Failure {
-            minute,
-            cause: Some(cause),
-            status: http_status,
-            code: &state[..2],
-            target,
-            request,
-            recovered: false,
-        }),
+        Some(cause) => {
+            // A connect-stage failure was retried `retries` times before it was logged: each
+            // retry was one more failed attempt of the same kind.
+            let attempts = if state.as_bytes()[1] == b'C' {
+                retries.min(100) + 1
+            } else {
+                1
+            };
+            for _ in 0..attempts {
+                sink(Failure {
+                    minute,
+                    cause: Some(cause),
+                    status: http_status,
+                    code: &state[..2],
+                    target,
+                    request,
+                    recovered: false,
+                });
+            }
+        }
         None if status == 502 || status == 503 || status == 504 => {}
         None => {
             // Served after `retries` failed connection attempts (HAProxy retries only those by
@@ -149,12 +160,13 @@ mod tests {
 
     #[test]
     fn http_states() {
+        // sC after 3 retries: four connection attempts timed out.
         let l = "Nov 21 12:00:01 lb haproxy[12]: 10.0.0.9:5123 [21/Nov/2026:12:00:01.002] web~ app/s1 0/0/-1/-1/1002 503 217 - - sC-- 1/1/0/0/3 0/0 \"GET /x HTTP/1.1\"";
         let (line, got) = run(l);
         assert!(matches!(line, Line::Understood(Some(_))));
         assert_eq!(
             got,
-            vec![(Some(Cause::ConnectionTimeout), Some("app/s1".into()), false)]
+            vec![(Some(Cause::ConnectionTimeout), Some("app/s1".into()), false); 4]
         );
         let nosrv = "127.0.0.1:4 [21/Nov/2026:12:00:01.002] web app/<NOSRV> 0/-1/-1/-1/0 503 217 - - SC-- 1/1/0/0/0 0/0 \"GET / HTTP/1.1\"";
         assert_eq!(

@@ -181,6 +181,18 @@ mod tests {
                 (None, Some("10.0.0.2:80"), false)
             ]
         );
+        // ` : ` joins the lists of an internal redirect.
+        let redirect = format!(
+            r#"{PRE} 200 5 "-" "curl/8" 10.0.0.1:80, 10.0.0.2:80 : 10.0.0.3:80 502, 504 : 200"#
+        );
+        let got = run(&redirect);
+        assert_eq!(
+            got,
+            vec![
+                (None, Some("10.0.0.1:80"), true),
+                (None, Some("10.0.0.2:80"), true)
+            ]
+        );
         let nolive = format!(r#"{PRE} 502 5 "-" "curl/8" backend 502"#);
         assert_eq!(
             run(&nolive),
