@@ -260,6 +260,11 @@ fn exit_codes() {
     assert_eq!(code, 2);
     let (code, _) = explain(&["--format", "nope", "-"], b"");
     assert_eq!(code, 2);
+    let (code, out) = explain(&["-"], b"just some prose\nand more\n");
+    assert_eq!(
+        code, 2,
+        "an unrecognised file is a usage error, not a clean bill: {out}"
+    );
 }
 
 #[test]

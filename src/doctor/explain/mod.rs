@@ -122,7 +122,8 @@ impl Format {
     }
 }
 
-/// Runs `gatewise explain`; exit 0 when nothing failed, 1 with findings, 2 on usage errors.
+/// Runs `gatewise explain`; exit 0 when nothing failed, 1 with findings, 2 on usage errors
+/// (bad arguments, unreadable files, a file in no format we know).
 pub fn run(args: &ExplainArgs) -> ExitCode {
     let forced = Format::from_cli(args.format);
     let mut report = Report::default();
@@ -132,6 +133,18 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             eprintln!("gatewise explain: {}: {err}", path.display());
             io_error = true;
         }
+    }
+    // A file no parser recognised is most likely the wrong file: say so, never "no failures".
+    for file in report
+        .files
+        .iter()
+        .filter(|f| f.format.is_none() && f.lines > 0)
+    {
+        eprintln!(
+            "gatewise explain: {}: format not recognised from its first lines; try --format",
+            file.path
+        );
+        io_error = true;
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
