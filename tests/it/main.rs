@@ -5,6 +5,7 @@ mod support;
 mod chaos;
 mod config;
 mod demo;
+mod explain;
 mod failover;
 mod health;
 mod metrics;
