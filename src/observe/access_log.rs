@@ -104,6 +104,11 @@ impl AccessLog {
         Self { tx: None }
     }
 
+    /// Whether lines go anywhere (so callers can skip preparing them).
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
     pub fn write(&self, record: &Record<'_>) {
         let Some(tx) = &self.tx else { return };
         let mut line = Vec::with_capacity(384);

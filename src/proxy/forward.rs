@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use http::header::HOST;
 use http::{Request, Response};
@@ -53,7 +52,6 @@ pub async fn handle(
     let mut log = RequestLog {
         log: state.access_log.clone(),
         start: Instant::now(),
-        time: SystemTime::now(),
         request_id: headers::prepare_request(&mut head.headers, client),
         client,
         method: head.method.clone(),

@@ -13,31 +13,44 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 gatewise");
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), plus `Expect`,
-/// which gatewise answers itself.
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::PROXY_AUTHENTICATE
+}
+
+/// Removes hop-by-hop headers, and those the `Connection` header names. One pass finds them,
+/// so the common message with none (or only `Connection: keep-alive`) costs no lookups.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Names listed in `Connection` are hop-by-hop too.
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    let mut found: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) {
+            found.push(name.clone());
+        }
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-    ] {
+    if found.is_empty() {
+        return;
+    }
+    for value in headers.get_all(header::CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for listed in value.split(',') {
+            let listed = listed.trim();
+            if listed.eq_ignore_ascii_case("keep-alive") || listed.eq_ignore_ascii_case("close") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(listed.as_bytes()) {
+                found.push(name);
+            }
+        }
+    }
+    for name in found {
         headers.remove(name);
     }
 }
@@ -48,11 +61,13 @@ pub fn prepare_request(headers: &mut HeaderMap, client: SocketAddr) -> HeaderVal
     remove_hop_by_hop(headers);
     headers.remove(header::EXPECT);
 
-    let client_ip = client.ip().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client_ip}"),
-        None => client_ip,
-    };
+    use std::fmt::Write;
+    let mut xff = String::with_capacity(48);
+    if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        xff.push_str(prev);
+        xff.push_str(", ");
+    }
+    let _ = write!(xff, "{}", client.ip());
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }

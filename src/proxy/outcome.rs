@@ -19,7 +19,6 @@ use crate::upstream::{InFlight, Target};
 pub struct RequestLog {
     pub log: AccessLog,
     pub start: Instant,
-    pub time: SystemTime,
     pub request_id: HeaderValue,
     pub client: SocketAddr,
     pub method: Method,
@@ -49,13 +48,20 @@ impl RequestLog {
         if let Some(m) = &self.metrics {
             m.request(self.status, cause, elapsed);
         }
+        if !self.log.enabled() {
+            return;
+        }
         let host = self
             .host
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
         self.log.write(&Record {
-            time: self.time,
+            // The wall-clock start, read only when a line is written.
+            time: {
+                let now = SystemTime::now();
+                now.checked_sub(elapsed).unwrap_or(now)
+            },
             request_id: self.request_id.to_str().unwrap_or(""),
             client: self.client,
             method: self.method.as_str(),

@@ -56,6 +56,7 @@ async fn serve_connection(
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
         .max_header_size(config.max_header_bytes)
+        .writev(false)
         .max_headers(config.max_headers)
         .serve_connection(TokioIo::new(stream), service)
         .await;

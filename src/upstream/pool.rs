@@ -126,6 +126,7 @@ impl TargetPool {
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.settings.max_response_header_bytes.max(8192))
             .max_header_size(self.settings.max_response_header_bytes)
+            .writev(false)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| {
