@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::attempt::{self, Progress};
-use super::error::{Cause, UpstreamError};
+use super::error::Cause;
 use super::headers;
 use super::outcome::{Finish, RequestLog};
 use super::relay::{BodyEnd, ClientBody, Relay};
@@ -157,6 +157,21 @@ async fn forward(
         let cause = result.as_ref().err().map(|e| e.cause);
         route.metrics.attempt(target.index, status, cause);
 
+        // A response that is not a retryable status goes straight back to the client.
+        let result = match result {
+            Ok((resp, conn))
+                if !route
+                    .config
+                    .retry_on_status
+                    .contains(&resp.status().as_u16()) =>
+            {
+                log.target = Some(target.addr.clone());
+                return relay(resp, conn, target, in_flight, route, log);
+            }
+            other => other,
+        };
+
+        // A failure or a retryable status: the retry rule decides.
         let now = Instant::now();
         let next_delay = retry::backoff(log.attempts.len() as u32, &mut rng);
         let input = retry::RetryInput {
@@ -179,8 +194,7 @@ async fn forward(
         if let retry::Decision::Retry(reason) = decision {
             route.metrics.retry(reason);
         }
-        if let (retry::Decision::Stop(reason), false) = (decision, is_plain_success(&result, route))
-        {
+        if let retry::Decision::Stop(reason) = decision {
             log.retry_stop = Some(reason.as_str());
             route.metrics.retry_stop(reason);
         }
@@ -200,20 +214,6 @@ async fn forward(
                 tokio::time::sleep(next_delay).await;
             }
         }
-    }
-}
-
-/// A response that is not a retryable status: nothing to say about retries in the log.
-fn is_plain_success(
-    result: &Result<(Response<Incoming>, crate::upstream::pool::Conn), UpstreamError>,
-    route: &Route,
-) -> bool {
-    match result {
-        Ok((resp, _)) => !route
-            .config
-            .retry_on_status
-            .contains(&resp.status().as_u16()),
-        Err(_) => false,
     }
 }
 
