@@ -3,9 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use gatewise::cli::{Cli, Command};
 
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
