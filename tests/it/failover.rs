@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 
-use crate::support::node::{Node, NOT_READY, READY};
+use crate::support::node::{fleet, Node, NOT_READY, READY};
 use crate::support::traffic::{self, errors};
 use crate::support::{self, client, get};
 
@@ -18,14 +18,6 @@ fn health(interval_ms: u64, rise: u32, fall: u32) -> gatewise::config::HealthCon
     h.rise = rise;
     h.fall = fall;
     h
-}
-
-async fn fleet(n: usize) -> Vec<Arc<Node>> {
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        nodes.push(Node::start().await);
-    }
-    nodes
 }
 
 fn config_for(nodes: &[Arc<Node>]) -> gatewise::config::Config {
@@ -202,51 +194,43 @@ async fn all_targets_down_is_a_fast_503_and_traffic_resumes_on_return() {
     );
 }
 
+/// 8 concurrent requests through targets that take one request at a time.
+async fn burst_through_one_slot_each(
+    nodes: &[Arc<Node>],
+    queue_timeout: Duration,
+) -> Vec<traffic::Outcome> {
+    let mut cfg = config_for(nodes);
+    let up = support::upstream_of(&mut cfg);
+    up.health = None;
+    up.max_connections = Some(1);
+    up.queue_timeout = queue_timeout;
+    let gw = support::start(cfg).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    traffic::run(
+        client(),
+        gw.url("/"),
+        Method::GET,
+        8,
+        Duration::ZERO,
+        1,
+        stop,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saturated_targets_make_requests_wait_not_fail_until_queue_timeout() {
     let nodes = fleet(2).await;
     for n in &nodes {
         n.set_delay(Duration::from_millis(100));
     }
-    let mut cfg = config_for(&nodes);
-    let up = support::upstream_of(&mut cfg);
-    up.health = None;
-    up.max_connections = Some(1);
-    up.queue_timeout = Duration::from_secs(5);
-    let gw = support::start(cfg).await;
     // 8 concurrent requests, 2 slots: six wait in the queue, all succeed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let outcomes = traffic::run(
-        client(),
-        gw.url("/"),
-        Method::GET,
-        8,
-        Duration::ZERO,
-        1,
-        stop,
-    )
-    .await;
+    let outcomes = burst_through_one_slot_each(&nodes, Duration::from_secs(5)).await;
     assert_eq!(outcomes.len(), 8);
     assert!(errors(&outcomes).is_empty(), "{:?}", errors(&outcomes));
 
     // With a queue timeout shorter than one request, queued requests get a 503 instead.
-    let mut cfg = config_for(&nodes);
-    let up = support::upstream_of(&mut cfg);
-    up.health = None;
-    up.max_connections = Some(1);
-    up.queue_timeout = Duration::from_millis(20);
-    let gw = support::start(cfg).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let outcomes = traffic::run(
-        client(),
-        gw.url("/"),
-        Method::GET,
-        8,
-        Duration::ZERO,
-        1,
-        stop,
-    )
-    .await;
+    let outcomes = burst_through_one_slot_each(&nodes, Duration::from_millis(20)).await;
     let limited: Vec<_> = outcomes.iter().filter(|o| o.status == 503).collect();
     assert!(!limited.is_empty(), "{outcomes:?}");
     for o in &limited {

@@ -105,6 +105,14 @@ pub async fn send(
     (parts, body)
 }
 
+/// The `Proxy-Status` of a response gatewise generated, after checking its status and cause.
+pub fn assert_generated(parts: &http::response::Parts, status: u16, cause: &str) -> String {
+    assert_eq!(parts.status, status, "{parts:?}");
+    let ps = parts.headers["proxy-status"].to_str().unwrap().to_string();
+    assert!(ps.starts_with(&format!("gatewise; error={cause}")), "{ps}");
+    ps
+}
+
 pub async fn get(client: &TestClient, url: &str) -> (http::response::Parts, Bytes) {
     send(
         client,

@@ -29,6 +29,15 @@ pub struct Counters {
     pub executed: Mutex<HashMap<String, usize>>,
 }
 
+/// `n` nodes, each on its own port, all ready.
+pub async fn fleet(n: usize) -> Vec<Arc<Node>> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(Node::start().await);
+    }
+    nodes
+}
+
 pub struct Node {
     pub addr: SocketAddr,
     pub counters: Arc<Counters>,
