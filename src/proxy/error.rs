@@ -52,6 +52,13 @@ impl Cause {
     ];
 
     /// The RFC 9209 token, as it appears in `Proxy-Status`, logs and metrics.
+    ///
+    /// ```
+    /// use gatewise::proxy::error::Cause;
+    /// assert_eq!(Cause::ConnectionRefused.as_str(), "connection_refused");
+    /// assert_eq!(Cause::from_token("http_response_timeout"), Some(Cause::HttpResponseTimeout));
+    /// assert_eq!(Cause::HttpResponseTimeout.status(), 504);
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::DnsError => "dns_error",
