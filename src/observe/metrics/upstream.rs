@@ -18,7 +18,7 @@ use super::{counter_base, names};
 use crate::upstream::health::state::State;
 use crate::upstream::Upstream;
 
-/// The health state names, in the order [`state_index`] numbers them.
+/// The health state names, in the order `state_index` numbers them.
 pub const STATES: [&str; 5] = ["healthy", "unhealthy", "ejected", "draining", "starting"];
 
 /// Every transition into `ejected` is a passive ejection.
@@ -88,7 +88,7 @@ impl UpstreamCounters {
 }
 
 /// Encodes every upstream's scrape-time series. Gauge names never end in `_total`, so
-/// [`counter_base`] leaves them as they are.
+/// `counter_base` leaves them as they are.
 pub struct UpstreamCollector {
     pub upstreams: Vec<Arc<Upstream>>,
 }
