@@ -91,8 +91,7 @@ pub async fn handle(
         Err((cause, detail)) => return fail(log, cause, &detail),
     };
     log.bytes_in = body.known_len(&head);
-    let up_head = request::upstream_head(&head);
-    forward(route, up_head, &mut body, log).await
+    forward(route, request::upstream_head(head), &mut body, log).await
 }
 
 /// The attempt loop of one routed request.

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::request::Parts;
-use http::{HeaderValue, Method, Request, Uri, Version};
+use http::{HeaderValue, Method, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -88,30 +88,27 @@ impl RequestBody {
     }
 }
 
-/// The upstream request head: origin-form URI, HTTP/1.1, `Host` kept (or taken from an
-/// absolute-form URI, or set to the target when the client sent none).
-pub fn upstream_head(head: &Parts) -> Parts {
-    let mut headers = head.headers.clone();
+/// The upstream request head, made from the client's in place: origin-form URI, HTTP/1.1,
+/// `Host` kept (or taken from an absolute-form URI).
+pub fn upstream_head(mut head: Parts) -> Parts {
     if let Some(authority) = head.uri.authority() {
         if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-            headers.insert(HOST, v);
+            head.headers.insert(HOST, v);
         }
     }
-    let uri = match head.uri.path_and_query() {
-        Some(pq) if head.uri.scheme().is_some() => Uri::from(pq.clone()),
-        _ => head.uri.clone(),
-    };
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = head.method.clone();
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    parts.headers = headers;
-    parts
+    if head.uri.scheme().is_some() {
+        if let Some(pq) = head.uri.path_and_query() {
+            head.uri = Uri::from(pq.clone());
+        }
+    }
+    head.version = Version::HTTP_11;
+    head
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Request;
 
     fn head(req: Request<()>) -> Parts {
         req.into_parts().0
@@ -148,7 +145,7 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
-        let up = upstream_head(&h);
+        let up = upstream_head(h);
         assert_eq!(up.uri, "/a?b=1");
         assert_eq!(up.headers["host"], "example.com:8080");
         assert_eq!(up.version, Version::HTTP_11);
