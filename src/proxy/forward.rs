@@ -116,7 +116,7 @@ async fn forward(
             Err(err) => return fail(log, err.cause, &err.detail),
         };
         tried.insert(target.index);
-        let req = match unsent.take() {
+        let mut req = match unsent.take() {
             Some(req) => req,
             None => match body.for_attempt() {
                 Some(up_body) => Request::from_parts(clone_head(&head), up_body),
@@ -124,6 +124,12 @@ async fn forward(
                 None => return fail(log, Cause::ProxyInternalError, "request body already sent"),
             },
         };
+        if !req.headers().contains_key(HOST) {
+            // An HTTP/1.0 client may send no Host; HTTP/1.1 upstreams require one.
+            if let Ok(v) = http::HeaderValue::from_str(&target.addr) {
+                req.headers_mut().insert(HOST, v);
+            }
+        }
 
         let started = Instant::now();
         let per_try = route

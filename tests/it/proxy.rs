@@ -178,6 +178,25 @@ async fn malformed_request_gets_400() {
 }
 
 #[tokio::test]
+async fn http10_request_without_host_reaches_the_upstream_with_one() {
+    let up = upstream::echo().await;
+    let gw = support::start(support::config(&[up.addr])).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("x-echo-host: {}", up.addr)),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn oversized_request_head_gets_431() {
     let up = upstream::ok("hi").await;
     let gw = support::start(support::config(&[up.addr])).await;
