@@ -259,7 +259,7 @@ fn relay(
         log,
     };
     let idle = route.upstream.config.body_idle_timeout;
-    let body = ClientBody::Relay(Box::new(Relay::new(body, idle, Box::new(finish))));
+    let body = ClientBody::Relay(Box::new(Relay::new(body, idle, finish)));
     Response::from_parts(parts, body)
 }
 

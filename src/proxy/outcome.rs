@@ -9,7 +9,7 @@ use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 
 use super::error::Cause;
-use super::relay::{BodyEnd, Completion};
+use super::relay::BodyEnd;
 use crate::observe::access_log::{AccessLog, Attempt, Record};
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::pool::Conn;
@@ -97,8 +97,9 @@ pub struct Finish {
     pub log: RequestLog,
 }
 
-impl Completion for Finish {
-    fn complete(self: Box<Self>, end: BodyEnd, bytes: u64) {
+impl Finish {
+    /// Runs once, when the relayed body ends (`bytes` of it reached the client).
+    pub fn complete(self, end: BodyEnd, bytes: u64) {
         let Finish {
             conn,
             target,
@@ -106,7 +107,7 @@ impl Completion for Finish {
             keep_alive,
             reusable,
             log,
-        } = *self;
+        } = self;
         if end == BodyEnd::Complete && reusable {
             target.pool.put(conn, keep_alive);
         }

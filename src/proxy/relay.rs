@@ -2,7 +2,7 @@
 //!
 //! A relayed body streams the upstream's body frame by frame, bounded by an idle timeout between
 //! frames. When it ends — read to the end, cut by the upstream, timed out, or dropped because the
-//! client went away — it runs its [`Completion`] exactly once: that returns the upstream connection
+//! client went away — it runs its [`Finish`] exactly once: that returns the upstream connection
 //! to the pool (only after a complete body) and writes the access-log line.
 
 use std::future::Future;
@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use super::error::Cause;
+use super::outcome::Finish;
 
 /// How a relayed body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +27,6 @@ pub enum BodyEnd {
     Upstream(Cause),
     /// The client stopped reading (connection closed) before the end.
     ClientGone,
-}
-
-/// What to do when a relayed body ends.
-pub trait Completion: Send + Sync + 'static {
-    fn complete(self: Box<Self>, end: BodyEnd, bytes: u64);
 }
 
 /// The body type of every response gatewise sends to clients.
@@ -58,11 +54,11 @@ pub struct Relay {
     /// small responses) never pays for a timer.
     idle: Option<Pin<Box<Sleep>>>,
     bytes: u64,
-    done: Option<Box<dyn Completion>>,
+    done: Option<Finish>,
 }
 
 impl Relay {
-    pub fn new(inner: Incoming, idle_timeout: Duration, done: Box<dyn Completion>) -> Self {
+    pub fn new(inner: Incoming, idle_timeout: Duration, done: Finish) -> Self {
         Self {
             inner,
             idle_timeout,
