@@ -1,6 +1,8 @@
 //! The request body sent upstream: nothing, a buffered body that can be replayed on another
-//! target, or the client's body streamed through (not replayable once sent).
+//! target, or the client's body streamed through (after any part already read), which cannot be
+//! replayed once sent.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -14,18 +16,21 @@ pub enum UpstreamBody {
     Empty,
     /// A buffered body; `None` once sent.
     Full(Option<Bytes>),
-    Stream(Incoming),
+    Stream(Streamed),
 }
 
-impl UpstreamBody {
-    /// A copy for another attempt, if this body can be replayed.
-    pub fn replay(&self, buffered: &Option<Bytes>) -> Option<UpstreamBody> {
-        match self {
-            UpstreamBody::Stream(_) => None,
-            _ => Some(match buffered {
-                Some(b) if !b.is_empty() => UpstreamBody::Full(Some(b.clone())),
-                _ => UpstreamBody::Empty,
-            }),
+/// The client's body: the chunks already read, then the rest as it arrives.
+#[derive(Debug)]
+pub struct Streamed {
+    prefix: VecDeque<Bytes>,
+    rest: Incoming,
+}
+
+impl Streamed {
+    pub fn new(prefix: Vec<Bytes>, rest: Incoming) -> Self {
+        Self {
+            prefix: prefix.into(),
+            rest,
         }
     }
 }
@@ -41,7 +46,10 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Empty => Poll::Ready(None),
             UpstreamBody::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            UpstreamBody::Stream(inner) => Pin::new(inner).poll_frame(cx),
+            UpstreamBody::Stream(s) => match s.prefix.pop_front() {
+                Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                None => Pin::new(&mut s.rest).poll_frame(cx),
+            },
         }
     }
 
@@ -49,7 +57,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Empty => true,
             UpstreamBody::Full(data) => data.is_none(),
-            UpstreamBody::Stream(inner) => inner.is_end_stream(),
+            UpstreamBody::Stream(s) => s.prefix.is_empty() && s.rest.is_end_stream(),
         }
     }
 
@@ -59,7 +67,16 @@ impl Body for UpstreamBody {
             UpstreamBody::Full(data) => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            UpstreamBody::Stream(inner) => inner.size_hint(),
+            UpstreamBody::Stream(s) => {
+                let read: u64 = s.prefix.iter().map(|b| b.len() as u64).sum();
+                let rest = s.rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + read);
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper + read);
+                }
+                hint
+            }
         }
     }
 }

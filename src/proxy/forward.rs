@@ -66,6 +66,7 @@ pub async fn handle(
         retry_stop: None,
         attempts: Vec::new(),
         metrics: None,
+        emitted: false,
     };
     if let Err(reason) = request::validate(&head) {
         log.metrics = Some(state.unrouted.clone());
@@ -86,7 +87,9 @@ pub async fn handle(
     log.upstream = Some(route.upstream.name.clone());
     log.metrics = Some(route.metrics.clone());
 
-    let mut body = match RequestBody::read(body, &head, route.config.replay_buffer).await {
+    let deadline = log.start + route.config.timeout;
+    let mut body = match RequestBody::read(body, &head, route.config.replay_buffer, deadline).await
+    {
         Ok(body) => body,
         Err((cause, detail)) => return fail(log, cause, &detail),
     };
@@ -104,6 +107,7 @@ async fn forward(
     let upstream = &route.upstream;
     let deadline = log.start + route.config.timeout;
     let idempotency_key = retry::has_idempotency_key(&head.headers);
+    let host_from_target = !head.headers.contains_key(HOST);
     route.budget.on_request(log.start);
     let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
@@ -124,8 +128,8 @@ async fn forward(
                 None => return fail(log, Cause::ProxyInternalError, "request body already sent"),
             },
         };
-        if !req.headers().contains_key(HOST) {
-            // An HTTP/1.0 client may send no Host; HTTP/1.1 upstreams require one.
+        if host_from_target {
+            // An HTTP/1.0 client may send no Host; HTTP/1.1 upstreams require one: this target's.
             if let Ok(v) = http::HeaderValue::from_str(&target.addr) {
                 req.headers_mut().insert(HOST, v);
             }
@@ -171,7 +175,15 @@ async fn forward(
                     .contains(&resp.status().as_u16()) =>
             {
                 log.target = Some(target.addr.clone());
-                return relay(resp, conn, target, in_flight, route, log);
+                return relay(
+                    resp,
+                    conn,
+                    target,
+                    in_flight,
+                    route,
+                    log,
+                    !body.replayable(),
+                );
             }
             other => other,
         };
@@ -207,7 +219,15 @@ async fn forward(
         match result {
             Ok((resp, conn)) if !retrying => {
                 log.target = Some(target.addr.clone());
-                return relay(resp, conn, target, in_flight, route, log);
+                return relay(
+                    resp,
+                    conn,
+                    target,
+                    in_flight,
+                    route,
+                    log,
+                    !body.replayable(),
+                );
             }
             Err(err) if !retrying => {
                 log.target = Some(target.addr.clone());
@@ -231,7 +251,8 @@ fn clone_head(head: &http::request::Parts) -> http::request::Parts {
     parts
 }
 
-/// Streams an upstream response back to the client.
+/// Streams an upstream response back to the client. `upload_streamed`: the request body was
+/// streamed (not buffered), so it may not be fully sent yet.
 fn relay(
     resp: Response<Incoming>,
     conn: crate::upstream::pool::Conn,
@@ -239,6 +260,7 @@ fn relay(
     in_flight: crate::upstream::InFlight,
     route: &Route,
     mut log: RequestLog,
+    upload_streamed: bool,
 ) -> Response<ClientBody> {
     let (mut parts, body) = resp.into_parts();
     let (keep_alive, close) = headers::prepare_response(&mut parts.headers);
@@ -252,10 +274,13 @@ fn relay(
     log.status = parts.status.as_u16();
     let finish = Finish {
         conn,
+        upstream: route.upstream.clone(),
         target,
         in_flight,
         keep_alive,
-        reusable: !close,
+        // A streamed upload may still be going when the response has ended (an early 413 or
+        // 401): such a connection is not reused.
+        reusable: !close && !upload_streamed,
         log,
     };
     let idle = route.upstream.config.body_idle_timeout;

@@ -63,7 +63,13 @@ pub fn prepare_request(headers: &mut HeaderMap, client: SocketAddr) -> HeaderVal
 
     use std::fmt::Write;
     let mut xff = String::with_capacity(48);
-    if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    // Every earlier hop's line, in order (a value that is not text is dropped: it cannot be
+    // forwarded as a header value anyway).
+    for prev in headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
         xff.push_str(prev);
         xff.push_str(", ");
     }
@@ -159,6 +165,20 @@ mod tests {
         assert_eq!(h["x-keep"], "yes");
         assert_eq!(h["x-request-id"], id);
         assert_eq!(id.len(), 32);
+    }
+
+    #[test]
+    fn every_forwarded_for_line_is_kept() {
+        let mut h = map(&[
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
+        ]);
+        prepare_request(&mut h, "192.0.2.9:1".parse().unwrap());
+        assert_eq!(
+            h["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.9"
+        );
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
     }
 
     #[test]

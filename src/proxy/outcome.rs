@@ -8,12 +8,12 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 
-use super::error::Cause;
+use super::error::{Cause, Phase, UpstreamError};
 use super::relay::BodyEnd;
 use crate::observe::access_log::{AccessLog, Attempt, Record};
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::pool::Conn;
-use crate::upstream::{InFlight, Target};
+use crate::upstream::{InFlight, Target, Upstream};
 
 /// Everything the access-log line of one request needs, gathered along the way.
 pub struct RequestLog {
@@ -34,12 +34,31 @@ pub struct RequestLog {
     pub attempts: Vec<Attempt>,
     /// The route's metric handles (the unrouted ones before a route matched).
     pub metrics: Option<Arc<RouteMetrics>>,
+    /// Set once the line is written; a request dropped before that logs itself (see `Drop`).
+    pub emitted: bool,
+}
+
+/// Status logged for a request whose client went away before any response (nginx's 499).
+pub const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for RequestLog {
+    /// hyper drops a request's future when its client hangs up: the request still gets its line
+    /// (status 499, with the attempts made so far) and its count in the metrics.
+    fn drop(&mut self) {
+        if !self.emitted {
+            if self.status == 0 {
+                self.status = CLIENT_CLOSED;
+            }
+            self.emit(0, BodyEnd::ClientGone);
+        }
+    }
 }
 
 impl RequestLog {
     /// Writes the line. `end` says how the response body ended; a body cut by the upstream
     /// names its cause even though the status was already sent.
-    pub fn emit(&self, bytes_out: u64, end: BodyEnd) {
+    pub fn emit(&mut self, bytes_out: u64, end: BodyEnd) {
+        self.emitted = true;
         let cause = match end {
             BodyEnd::Upstream(cause) => Some(cause),
             _ => self.cause,
@@ -90,6 +109,7 @@ impl RequestLog {
 /// complete body on a connection the upstream did not ask to close; then the log line.
 pub struct Finish {
     pub conn: Conn,
+    pub upstream: Arc<Upstream>,
     pub target: Arc<Target>,
     pub in_flight: InFlight,
     pub keep_alive: Option<Duration>,
@@ -102,14 +122,28 @@ impl Finish {
     pub fn complete(self, end: BodyEnd, bytes: u64) {
         let Finish {
             conn,
+            upstream,
             target,
             in_flight,
             keep_alive,
             reusable,
-            log,
+            mut log,
         } = self;
-        if end == BodyEnd::Complete && reusable {
-            target.pool.put(conn, keep_alive);
+        match end {
+            BodyEnd::Complete if reusable => target.pool.put(conn, keep_alive),
+            BodyEnd::Upstream(cause) => {
+                // The head looked fine, the body did not: that counts against the target too.
+                let err = UpstreamError {
+                    cause,
+                    phase: Phase::ResponseBody,
+                    request_sent: true,
+                    response_bytes: true,
+                    reused: conn.reused,
+                    detail: String::new(),
+                };
+                upstream.observe(&target, Some(&err), None);
+            }
+            _ => {}
         }
         drop(in_flight);
         log.emit(bytes, end);

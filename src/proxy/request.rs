@@ -4,11 +4,15 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HOST};
 use http::request::Parts;
 use http::{HeaderValue, Method, Uri, Version};
+use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::Poll;
+use tokio::time::Instant;
 
 use super::error::Cause;
-use crate::body::UpstreamBody;
+use crate::body::{Streamed, UpstreamBody};
 
 /// Checks what hyper's parser lets through but a proxy must not forward. Returns the reason.
 pub fn validate(head: &Parts) -> Result<(), &'static str> {
@@ -30,34 +34,42 @@ pub fn validate(head: &Parts) -> Result<(), &'static str> {
 pub enum RequestBody {
     /// Fits the replay buffer (empty bodies too): every attempt gets a copy.
     Replayable(Bytes),
-    /// Larger or of unknown length: streamed to the first attempt that sends it.
-    Stream(Option<Incoming>),
+    /// Larger, or not all here yet: streamed to the first attempt that sends it.
+    Stream(Option<Streamed>),
 }
 
 impl RequestBody {
-    /// Reads a body whose declared length fits `limit`; anything else streams.
+    /// Makes the body replayable when it fits `limit`: a body with a declared length that fits is
+    /// read (by `deadline`); a body of unknown length (chunked) is kept if all of it has already
+    /// arrived — gatewise never waits for more of it, so a slow stream is not held back.
+    /// Anything else streams, starting with what was read.
     pub async fn read(
         body: Incoming,
         head: &Parts,
         limit: usize,
+        deadline: Instant,
     ) -> Result<RequestBody, (Cause, String)> {
         if http_body::Body::is_end_stream(&body) {
             return Ok(RequestBody::Replayable(Bytes::new()));
         }
-        let declared = head
-            .headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match declared {
-            Some(len) if len <= limit as u64 => match body.collect().await {
-                Ok(collected) => Ok(RequestBody::Replayable(collected.to_bytes())),
-                Err(e) => Err((
-                    Cause::HttpRequestError,
-                    format!("reading request body: {e}"),
-                )),
-            },
-            _ => Ok(RequestBody::Stream(Some(body))),
+        match declared_length(head) {
+            Some(len) if len <= limit as u64 => {
+                match tokio::time::timeout_at(deadline, body.collect()).await {
+                    Ok(Ok(collected)) => Ok(RequestBody::Replayable(collected.to_bytes())),
+                    Ok(Err(e)) => Err((
+                        Cause::HttpRequestError,
+                        format!("reading request body: {e}"),
+                    )),
+                    Err(_) => Err((
+                        Cause::HttpRequestError,
+                        format!(
+                            "request body of {len} bytes not received before the route deadline"
+                        ),
+                    )),
+                }
+            }
+            Some(_) => Ok(RequestBody::Stream(Some(Streamed::new(Vec::new(), body)))),
+            None => read_what_arrived(body, limit).await,
         }
     }
 
@@ -69,12 +81,7 @@ impl RequestBody {
     pub fn known_len(&self, head: &Parts) -> u64 {
         match self {
             RequestBody::Replayable(b) => b.len() as u64,
-            RequestBody::Stream(_) => head
-                .headers
-                .get(CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
+            RequestBody::Stream(_) => declared_length(head).unwrap_or(0),
         }
     }
 
@@ -86,6 +93,59 @@ impl RequestBody {
             RequestBody::Stream(body) => body.take().map(UpstreamBody::Stream),
         }
     }
+}
+
+fn declared_length(head: &Parts) -> Option<u64> {
+    head.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Takes the frames of a body of unknown length that are already here, without waiting on the
+/// network: when no frame is ready, it yields once so hyper's connection task can decode bytes
+/// already read, and stops at the next miss.
+async fn read_what_arrived(
+    mut body: Incoming,
+    limit: usize,
+) -> Result<RequestBody, (Cause, String)> {
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut size = 0usize;
+    let mut yielded = false;
+    loop {
+        let next = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+        match next {
+            Poll::Ready(None) => {
+                let mut all = bytes::BytesMut::with_capacity(size);
+                chunks.iter().for_each(|c| all.extend_from_slice(c));
+                return Ok(RequestBody::Replayable(all.freeze()));
+            }
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    yielded = false;
+                    size += data.len();
+                    chunks.push(data);
+                    if size > limit {
+                        break;
+                    }
+                }
+                // Trailers: rare on requests; stream them rather than replay.
+                Err(_) => break,
+            },
+            Poll::Ready(Some(Err(e))) => {
+                return Err((
+                    Cause::HttpRequestError,
+                    format!("reading request body: {e}"),
+                ))
+            }
+            Poll::Pending if !yielded => {
+                yielded = true;
+                tokio::task::yield_now().await;
+            }
+            Poll::Pending => break,
+        }
+    }
+    Ok(RequestBody::Stream(Some(Streamed::new(chunks, body))))
 }
 
 /// The upstream request head, made from the client's in place: origin-form URI, HTTP/1.1,

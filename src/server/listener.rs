@@ -73,6 +73,9 @@ async fn serve_connection(
 fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper::Error) {
     let status = if err.is_parse_too_large() { 431 } else { 400 };
     tracing::debug!(%err, %peer, status, "malformed request");
+    state
+        .unrouted
+        .request(status, Some(Cause::HttpRequestError), Duration::ZERO);
     state.access_log.write(&Record {
         time: SystemTime::now(),
         request_id: "",

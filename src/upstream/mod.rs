@@ -38,6 +38,8 @@ pub struct Upstream {
     changed: Arc<Notify>,
     /// Requests waiting in the queue now.
     queued: AtomicUsize,
+    /// Serialises passive-health decisions that may eject a target.
+    eject_lock: std::sync::Mutex<()>,
     /// Some target has been routable since start. Until then requests wait for the first one
     /// (startup gating); afterwards "no target" is a fast 503.
     ever_routable: AtomicBool,
@@ -88,6 +90,7 @@ impl Upstream {
             targets,
             changed,
             queued: AtomicUsize::new(0),
+            eject_lock: std::sync::Mutex::new(()),
             counters: UpstreamCounters::default(),
         }
     }
@@ -147,7 +150,10 @@ impl Upstream {
     fn try_pick(&self, tried: Tried) -> Pick {
         let now = Instant::now();
         let healthy = self.targets.iter().filter(|t| t.routable()).count();
-        let panic = panic_mode(healthy, self.targets.len(), self.config.panic_threshold);
+        // Panic mode spreads load when few targets are healthy; with none healthy (or none ever
+        // healthy yet) it does not apply: that is a fast 503, or the startup wait.
+        let panic =
+            healthy > 0 && panic_mode(healthy, self.targets.len(), self.config.panic_threshold);
         let mut saturated = false;
         // Pools are small: candidates live on the stack up to 16 targets.
         let mut stack = [Candidate {
@@ -239,6 +245,10 @@ impl Upstream {
             Some(true) if !target.failing() => {}
             Some(ok) => {
                 target.note_traffic(ok);
+                // Counting and ejecting under one lock, so two targets failing at once cannot
+                // both be ejected past `max_ejected_percent`. Only failures and first
+                // successes after failures get here.
+                let _one_at_a_time = self.eject_lock.lock().expect("eject lock");
                 let ejected = self.targets.iter().filter(|t| t.is_ejected()).count();
                 let allowed = may_eject(
                     ejected,

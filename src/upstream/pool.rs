@@ -88,7 +88,7 @@ impl TargetPool {
             return;
         }
         let limit = idle_limit(self.settings.idle_timeout, upstream_keep_alive);
-        if limit.is_zero() {
+        if limit.is_zero() || self.settings.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.lock().expect("pool lock");

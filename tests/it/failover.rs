@@ -340,3 +340,63 @@ async fn panic_mode_balances_over_all_targets_when_too_few_are_healthy() {
         "panic mode uses unhealthy targets too: {served:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn panic_mode_does_not_skip_the_startup_wait_or_the_fast_503() {
+    use gatewise::upstream::{balancer::Tried, Upstream};
+    // Nothing listens on these ports and no check has passed: panic mode must not send traffic
+    // to targets nobody has seen healthy.
+    let mut cfg =
+        gatewise::config::UpstreamConfig::new(vec!["127.0.0.1:9".into(), "127.0.0.1:10".into()]);
+    cfg.health = Some(gatewise::config::HealthConfig::http("/health"));
+    cfg.panic_threshold = Some(0.5);
+    let up = Upstream::new("app", cfg);
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+    let err = up
+        .acquire(Tried::default(), deadline)
+        .await
+        .err()
+        .expect("no target handed out");
+    assert_eq!(
+        err.cause,
+        gatewise::proxy::error::Cause::DestinationUnavailable
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_that_cuts_its_bodies_short_is_ejected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cutter = crate::support::upstream::raw(|mut stream, _| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\ntruncated")
+            .await;
+    })
+    .await;
+    let good = crate::support::upstream::ok("whole").await;
+    let mut cfg = support::config(&[cutter.addr, good.addr]);
+    support::upstream_of(&mut cfg).passive.consecutive_failures = 1;
+    let gw = support::start(cfg).await;
+    let c = client();
+    let complete = |c: &crate::support::TestClient| {
+        let req = http::Request::get(gw.url("/"))
+            .body(http_body_util::Full::default())
+            .unwrap();
+        let fut = c.request(req);
+        async move {
+            let resp = fut.await.unwrap();
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .is_ok()
+        }
+    };
+    while complete(&c).await {}
+    // The cut body counted as a failure: the cutter is ejected, every request now completes.
+    for _ in 0..8 {
+        assert!(
+            complete(&c).await,
+            "after the cut, traffic avoids the target that cut it"
+        );
+    }
+}
