@@ -266,9 +266,15 @@ impl Upstream {
         let checks = self.config.health.clone().map(|cfg| {
             let me = self.clone();
             let addrs = self.config.targets.clone();
+            // The first check of each target is worth a line when it fails: a target that is
+            // down from the start has no transition to log, and would otherwise be silent.
+            let first: Vec<AtomicBool> = addrs.iter().map(|_| AtomicBool::new(true)).collect();
             tokio::spawn(health::active::run_checks(addrs, cfg, move |i, outcome| {
                 let target = &me.targets[i];
-                if !outcome.ok {
+                let first_result = first[i].swap(false, Ordering::Relaxed);
+                if !outcome.ok && first_result {
+                    tracing::warn!(target = %target.addr, detail = %outcome.detail, "first health check failed; no traffic to this target until one passes");
+                } else if !outcome.ok {
                     tracing::debug!(target = %target.addr, detail = %outcome.detail, "health check failed");
                 }
                 // A target that becomes ready while others serve ramps up (slow start).
