@@ -166,78 +166,68 @@ async fn forward(
         let cause = result.as_ref().err().map(|e| e.cause);
         route.metrics.attempt(target.index, status, cause);
 
-        // A response that is not a retryable status goes straight back to the client.
-        let result = match result {
-            Ok((resp, conn))
-                if !route
-                    .config
-                    .retry_on_status
-                    .contains(&resp.status().as_u16()) =>
-            {
-                log.target = Some(target.addr.clone());
-                return relay(
-                    resp,
-                    conn,
-                    target,
-                    in_flight,
-                    route,
-                    log,
-                    !body.replayable(),
-                );
-            }
-            other => other,
+        // A response that is not a retryable status goes straight back to the client; a failure
+        // or a retryable status asks the retry rule.
+        let retryable_status = matches!(&result, Ok((resp, _))
+            if route.config.retry_on_status.contains(&resp.status().as_u16()));
+        let retry_in = if result.is_err() || retryable_status {
+            let now = Instant::now();
+            let input = retry::RetryInput {
+                method: &head.method,
+                has_idempotency_key: idempotency_key,
+                route_allows_non_idempotent: route.config.retry_non_idempotent,
+                body_replayable: body.replayable() || unsent.is_some(),
+                outcome: match &result {
+                    Ok((resp, _)) => retry::Outcome::Status(resp.status()),
+                    Err(e) => retry::Outcome::Failed(e),
+                },
+                retry_on_status: &route.config.retry_on_status,
+                attempts_made: log.attempts.len() as u32,
+                max_retries: route.config.retries,
+                time_left: deadline.saturating_duration_since(now),
+                next_delay: retry::backoff(log.attempts.len() as u32, &mut rng),
+            };
+            decide_retry(route, &input, now, &mut log)
+        } else {
+            None
         };
 
-        // A failure or a retryable status: the retry rule decides.
-        let now = Instant::now();
-        let next_delay = retry::backoff(log.attempts.len() as u32, &mut rng);
-        let input = retry::RetryInput {
-            method: &head.method,
-            has_idempotency_key: idempotency_key,
-            route_allows_non_idempotent: route.config.retry_non_idempotent,
-            body_replayable: body.replayable() || unsent.is_some(),
-            outcome: match &result {
-                Ok((resp, _)) => retry::Outcome::Status(resp.status()),
-                Err(e) => retry::Outcome::Failed(e),
-            },
-            retry_on_status: &route.config.retry_on_status,
-            attempts_made: log.attempts.len() as u32,
-            max_retries: route.config.retries,
-            time_left: deadline.saturating_duration_since(now),
-            next_delay,
-        };
-        let decision = retry::decide_with_budget(&input, &route.budget, now);
-        let retrying = matches!(decision, retry::Decision::Retry(_));
-        if let retry::Decision::Retry(reason) = decision {
-            route.metrics.retry(reason);
-        }
-        if let retry::Decision::Stop(reason) = decision {
-            log.retry_stop = Some(reason.as_str());
-            route.metrics.retry_stop(reason);
-        }
-
-        match result {
-            Ok((resp, conn)) if !retrying => {
+        match (result, retry_in) {
+            (Ok((resp, conn)), None) => {
                 log.target = Some(target.addr.clone());
-                return relay(
-                    resp,
-                    conn,
-                    target,
-                    in_flight,
-                    route,
-                    log,
-                    !body.replayable(),
-                );
+                let upload_streamed = !body.replayable();
+                return relay(resp, conn, target, in_flight, route, log, upload_streamed);
             }
-            Err(err) if !retrying => {
+            (Err(err), None) => {
                 log.target = Some(target.addr.clone());
                 return fail(log, err.cause, &err.detail);
             }
-            Ok(_) | Err(_) => {
-                tracing::debug!(target = %target.addr, ?decision, "retrying on another target");
+            (_, Some(delay)) => {
+                tracing::debug!(target = %target.addr, "retrying on another target");
                 drop(in_flight);
-                tokio::time::sleep(next_delay).await;
+                tokio::time::sleep(delay).await;
             }
+        }
+    }
+}
+
+/// Asks the retry rule (budget included) about a failed attempt; counts and logs its answer.
+/// Returns the backoff before the next attempt, or `None` to stop.
+fn decide_retry(
+    route: &Route,
+    input: &retry::RetryInput<'_>,
+    now: Instant,
+    log: &mut RequestLog,
+) -> Option<std::time::Duration> {
+    match retry::decide_with_budget(input, &route.budget, now) {
+        retry::Decision::Retry(reason) => {
+            route.metrics.retry(reason);
+            Some(input.next_delay)
+        }
+        retry::Decision::Stop(reason) => {
+            log.retry_stop = Some(reason.as_str());
+            route.metrics.retry_stop(reason);
+            None
         }
     }
 }
