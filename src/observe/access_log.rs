@@ -99,11 +99,6 @@ impl AccessLog {
         (Self { tx: Some(tx) }, rx)
     }
 
-    /// A log that drops every line.
-    pub fn off() -> Self {
-        Self { tx: None }
-    }
-
     /// Whether lines go anywhere (so callers can skip preparing them).
     pub fn enabled(&self) -> bool {
         self.tx.is_some()

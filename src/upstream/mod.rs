@@ -113,8 +113,13 @@ impl Upstream {
         tried: Tried,
         deadline: Instant,
     ) -> Result<(Arc<Target>, InFlight), UpstreamError> {
+        // The common case takes a target at once, without registering as a waiter.
+        if let Pick::Got(target, slot) = self.try_pick(tried) {
+            return Ok((target, slot));
+        }
         let mut queue: Option<(QueueSlot<'_>, Instant)> = None;
         loop {
+            // Registered before looking, so a change between the look and the wait is not missed.
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();

@@ -35,9 +35,7 @@ async fn killing_a_target_mid_traffic_loses_no_get() {
         stop.clone(),
     ));
     // Kill once traffic is flowing through the node, with requests in flight on it.
-    while nodes[0].requests() < 20 {
-        tokio::task::yield_now().await;
-    }
+    nodes[0].wait_for(|n| n.requests() >= 20).await;
     nodes[0].kill();
     let outcomes = load.await.unwrap();
     assert_eq!(outcomes.len(), 600);
@@ -66,9 +64,7 @@ async fn post_during_a_crash_is_never_executed_twice() {
         60,
         stop,
     ));
-    while nodes[1].requests() < 10 {
-        tokio::task::yield_now().await;
-    }
+    nodes[1].wait_for(|n| n.requests() >= 10).await;
     nodes[1].kill();
     let outcomes = load.await.unwrap();
 

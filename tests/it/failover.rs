@@ -54,10 +54,7 @@ async fn rolling_restart(abrupt: bool) {
         if !abrupt {
             // Graceful: the instance fails its health check first, then goes away.
             node.set_mode(NOT_READY);
-            let seen = node.health_checks();
-            while node.health_checks() < seen + 2 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            node.checks_applied(1).await;
         }
         node.kill();
         // Back, listening but not ready (503 on /health and traffic) for 2 s, then ready.
@@ -65,9 +62,7 @@ async fn rolling_restart(abrupt: bool) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         node.set_mode(READY);
         let served = node.requests();
-        while node.requests() == served {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        node.wait_for(|n| n.requests() > served).await;
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let outcomes = load.await.unwrap();
@@ -179,13 +174,9 @@ async fn all_targets_down_is_a_fast_503_and_traffic_resumes_on_return() {
         assert!(line["duration_ms"].as_u64().unwrap() < 50, "{line}");
     }
     // One target comes back: traffic flows right after its first passing check (rise 1), i.e.
-    // within one check interval. Checks of a target run one after another, so once the node
-    // has seen a second check, the first one's result has been applied.
+    // within one check interval.
     nodes[0].restart(READY).await;
-    let checks_at_return = nodes[0].health_checks();
-    while nodes[0].health_checks() < checks_at_return + 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    nodes[0].checks_applied(1).await;
     let (parts, _) = get(&c, &gw.url("/")).await;
     assert_eq!(parts.status, 200, "served after the first passing check");
 }
@@ -267,14 +258,10 @@ async fn health_transitions_show_in_status_and_ready() {
         200
     );
     nodes[0].set_mode(NOT_READY);
-    loop {
-        let (parts, body) = get(&c, &format!("http://{admin}/ready")).await;
-        if parts.status == 503 {
-            assert!(String::from_utf8_lossy(&body).contains("no healthy target"));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    nodes[0].checks_applied(1).await;
+    let (parts, body) = get(&c, &format!("http://{admin}/ready")).await;
+    assert_eq!(parts.status, 503);
+    assert!(String::from_utf8_lossy(&body).contains("no healthy target"));
     let (_, body) = get(&c, &format!("http://{admin}/status")).await;
     let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let target = &status["upstreams"]["default"]["targets"][0];
@@ -317,8 +304,8 @@ async fn panic_mode_balances_over_all_targets_when_too_few_are_healthy() {
     for n in &nodes[1..] {
         n.set_mode(NOT_READY);
     }
-    while nodes[1..].iter().any(|n| n.health_checks() < 3) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for n in &nodes[1..] {
+        n.checks_applied(1).await;
     }
     // They serve traffic again, but their health endpoint stays red.
     for n in &nodes[1..] {

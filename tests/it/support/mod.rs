@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use gatewise::config::{Config, HostPattern, ListenerConfig, RouteConfig, UpstreamConfig};
+use gatewise::config::{Config, HostPattern, RouteConfig, UpstreamConfig};
 use gatewise::gateway::Gateway;
 use gatewise::observe::access_log::AccessLog;
 use http_body_util::{BodyExt, Full};
@@ -62,12 +62,6 @@ pub fn route_of(c: &mut Config) -> &mut RouteConfig {
     &mut c.routes[0]
 }
 
-#[allow(dead_code)]
-pub fn listener(name: &str) -> ListenerConfig {
-    ListenerConfig::new(name, "127.0.0.1:0".parse().unwrap())
-}
-
-#[allow(dead_code)]
 pub fn host(pattern: &str) -> HostPattern {
     match pattern {
         "*" => HostPattern::Any,

@@ -27,6 +27,8 @@ pub struct Counters {
     pub requests: AtomicUsize,
     /// How many times each `x-request-id` was executed here.
     pub executed: Mutex<HashMap<String, usize>>,
+    /// Signalled whenever a counter moves.
+    changed: tokio::sync::Notify,
 }
 
 /// `n` nodes, each on its own port, all ready.
@@ -84,6 +86,26 @@ impl Node {
 
     pub fn health_checks(&self) -> usize {
         self.counters.health_checks.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `f` holds, re-checked whenever a counter of this node moves.
+    pub async fn wait_for(&self, f: impl Fn(&Node) -> bool) {
+        loop {
+            let changed = self.counters.changed.notified();
+            if f(self) {
+                return;
+            }
+            tokio::time::timeout(Duration::from_secs(15), changed)
+                .await
+                .expect("condition reached in time");
+        }
+    }
+
+    /// Waits until this node has answered `n` more health checks. Checks of one target run one
+    /// after another, so once the next check arrives the gateway has applied the previous one.
+    pub async fn checks_applied(&self, n: usize) {
+        let seen = self.health_checks();
+        self.wait_for(|node| node.health_checks() > seen + n).await;
     }
 
     /// Crash: the port stops listening and every open connection is dropped at once.
@@ -158,6 +180,7 @@ async fn answer(
     let ready = mode.load(Ordering::SeqCst) == READY;
     if req.uri().path() == "/health" {
         counters.health_checks.fetch_add(1, Ordering::SeqCst);
+        counters.changed.notify_waiters();
         let status = if ready && !health_failing {
             StatusCode::OK
         } else {
@@ -177,6 +200,7 @@ async fn answer(
     }
     // Counted on arrival: a node that crashes mid-request may already have acted on it.
     counters.requests.fetch_add(1, Ordering::SeqCst);
+    counters.changed.notify_waiters();
     *counters.executed.lock().unwrap().entry(id).or_default() += 1;
     let d = delay.load(Ordering::SeqCst);
     if d > 0 {
