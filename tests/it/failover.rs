@@ -143,6 +143,9 @@ async fn all_targets_down_is_a_fast_503_and_traffic_resumes_on_return() {
     let nodes = fleet(2).await;
     let mut cfg = config_for(&nodes);
     support::upstream_of(&mut cfg).health = Some(health(100, 1, 1));
+    // Active checks alone decide here: a passive ejection earned before the checks noticed the
+    // crash would (rightly) keep the target out for `base_ejection` after it returns.
+    support::upstream_of(&mut cfg).passive.consecutive_failures = 0;
     let gw = support::start(cfg).await;
     until_all_serve(&nodes, &gw.url("/")).await;
     while gw.log.try_recv().is_ok() {}
