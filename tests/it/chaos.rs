@@ -76,10 +76,22 @@ async fn post_during_a_crash_is_never_executed_twice() {
     }
     let twice: Vec<_> = executed.iter().filter(|(_, &c)| c > 1).collect();
     assert!(twice.is_empty(), "POSTs executed more than once: {twice:?}");
-    // Every POST that failed was one the killed node had received (in flight when it died);
-    // those fail with a named cause rather than risk a second execution.
-    for o in errors(&outcomes) {
+    // Every POST that failed had been written to the killed node when it died: the node may
+    // have acted on it (counted) or died before reading it (not counted), gatewise cannot tell
+    // which, so it fails with a named cause rather than risk a second execution. Only requests
+    // in flight at the crash can be among them: at most one per client.
+    let failed = errors(&outcomes);
+    assert!(
+        failed.len() <= 6,
+        "more failures than in flight: {failed:?}"
+    );
+    let dead = nodes[1].addr.to_string();
+    for o in failed {
         assert_eq!(o.status, 502, "{o:?}");
+        assert!(
+            o.proxy_status.as_deref().unwrap_or("").contains(&dead),
+            "failed on the killed node: {o:?}"
+        );
         assert!(
             o.proxy_status
                 .as_deref()
@@ -87,10 +99,9 @@ async fn post_during_a_crash_is_never_executed_twice() {
                 .contains("error=connection_terminated"),
             "{o:?}"
         );
-        assert_eq!(
-            executed.get(&o.id),
-            Some(&1),
-            "a failed POST was one the dead node had taken: {o:?}"
+        assert!(
+            executed.get(&o.id).copied().unwrap_or(0) <= 1,
+            "a failed POST ran at most once: {o:?}"
         );
     }
     // Requests sent after the crash went to the live nodes.
