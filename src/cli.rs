@@ -18,7 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway, from a config file or the quick form (--listen/--to).
+    /// Run the gateway: from a config file, the quick form (--listen/--to), or with neither the
+    /// embedded default (127.0.0.1:8080 -> 127.0.0.1:3000, admin on 127.0.0.1:9901).
     Run(RunArgs),
     /// Validate a config file and report every error with its line and column.
     Check(CheckArgs),

@@ -12,7 +12,7 @@ pub fn config_from_args(args: &RunArgs) -> Result<Config, String> {
     let mut config = match (&args.config, args.listen) {
         (Some(path), _) => config::load(path).map_err(|e| e.to_string())?,
         (None, Some(listen)) => quick_config(listen, args.to.clone()),
-        (None, None) => return Err("give --config FILE, or --listen ADDR --to HOST:PORT".into()),
+        (None, None) => embedded_default(),
     };
     if let Some(admin) = &args.admin {
         config.admin.listen = match admin.as_str() {
@@ -24,6 +24,19 @@ pub fn config_from_args(args: &RunArgs) -> Result<Config, String> {
         config.workers = args.workers;
     }
     Ok(config)
+}
+
+/// The config of `gatewise run` with no arguments: `examples/quick-equivalent.toml`, built in,
+/// i.e. the quick form `--listen 127.0.0.1:8080 --to 127.0.0.1:3000`.
+pub fn embedded_default() -> Config {
+    tracing::info!(
+        "no --config or --listen/--to given: running the embedded default \
+         (examples/quick-equivalent.toml: 127.0.0.1:8080 -> 127.0.0.1:3000, admin 127.0.0.1:9901)"
+    );
+    quick_config(
+        std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+        vec!["127.0.0.1:3000".to_string()],
+    )
 }
 
 /// The quick form with its sane defaults: a TCP health check on every target, retries on.

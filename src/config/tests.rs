@@ -308,11 +308,20 @@ fn syntax_errors_carry_their_position() {
 fn quick_equivalent_example_is_the_quick_form() {
     let src = include_str!("../../examples/quick-equivalent.toml");
     let config = parse(src, "quick-equivalent.toml").unwrap();
-    let quick = Config::quick(
+    let quick = crate::run::quick_config(
         "127.0.0.1:8080".parse().unwrap(),
         vec!["127.0.0.1:3000".into()],
     );
     assert_eq!(config, quick);
+    assert_eq!(config, crate::run::embedded_default());
+    let no_args = crate::cli::RunArgs {
+        config: None,
+        listen: None,
+        to: Vec::new(),
+        workers: None,
+        admin: None,
+    };
+    assert_eq!(crate::run::config_from_args(&no_args), Ok(config));
 }
 
 /// Truncated or damaged files must give errors, never a panic (spans near the end of the input,
