@@ -143,7 +143,7 @@ upstream = "bench"
 targets = ["127.0.0.1:$up_port"]
 EOF
 
-# Best-practice nginx reverse proxy, adding the same X-Forwarded-* and request id gatewise adds.
+# Best-practice nginx reverse proxy, adding the same X-Forwarded-*, Forwarded and request id gatewise adds.
 cat >"$work/proxy.conf" <<EOF
 $nginx_common
 worker_processes 1;
@@ -164,6 +164,7 @@ http {
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header Forwarded "for=\$remote_addr;host=\\"\$host\\";proto=\$scheme";
             proxy_set_header X-Request-Id \$request_id;
         }
     }

@@ -1,5 +1,5 @@
 //! Header rewriting at the proxy boundary: hop-by-hop headers removed in both directions,
-//! `X-Forwarded-*`, `Via` and `X-Request-Id` added on the way up.
+//! `X-Forwarded-*`, `Forwarded`, `Via` and `X-Request-Id` added on the way up.
 
 use std::net::SocketAddr;
 
@@ -81,6 +81,7 @@ pub fn prepare_request(headers: &mut HeaderMap, client: SocketAddr) -> HeaderVal
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
+    headers.append(header::FORWARDED, forwarded_element(headers, client));
     headers.append(header::VIA, VIA_VALUE.clone());
 
     match headers.get(&X_REQUEST_ID) {
@@ -91,6 +92,33 @@ pub fn prepare_request(headers: &mut HeaderMap, client: SocketAddr) -> HeaderVal
             id
         }
     }
+}
+
+/// This hop's RFC 7239 `Forwarded` element, appended after those of earlier hops:
+/// `for=192.0.2.7;host="example.com";proto=http` (an IPv6 client is quoted and bracketed; a Host
+/// that cannot be a quoted string is left out rather than forwarded mangled).
+fn forwarded_element(headers: &HeaderMap, client: SocketAddr) -> HeaderValue {
+    use std::fmt::Write;
+    let mut v = String::with_capacity(64);
+    match client.ip() {
+        std::net::IpAddr::V4(ip) => {
+            let _ = write!(v, "for={ip}");
+        }
+        std::net::IpAddr::V6(ip) => {
+            let _ = write!(v, "for=\"[{ip}]\"");
+        }
+    }
+    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    if let Some(host) = host.filter(|h| {
+        h.iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    }) {
+        v.push_str(";host=\"");
+        v.push_str(std::str::from_utf8(host).unwrap_or_default());
+        v.push('"');
+    }
+    v.push_str(";proto=http");
+    HeaderValue::from_str(&v).expect("built from visible ASCII only")
 }
 
 /// Rewrites an upstream response's headers for the client. Returns the upstream's
@@ -161,6 +189,10 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;host=\"example.com\";proto=http"
+        );
         assert_eq!(h["via"], "1.1 gatewise");
         assert_eq!(h["x-keep"], "yes");
         assert_eq!(h["x-request-id"], id);
@@ -179,6 +211,27 @@ mod tests {
             "10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.9"
         );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn forwarded_keeps_earlier_hops_and_quotes_what_needs_it() {
+        let mut h = map(&[
+            ("forwarded", "for=10.0.0.1;proto=https"),
+            ("host", "app.example:8443"),
+        ]);
+        prepare_request(&mut h, "[2001:db8::7]:1".parse().unwrap());
+        let all: Vec<_> = h.get_all("forwarded").iter().collect();
+        assert_eq!(
+            all,
+            [
+                "for=10.0.0.1;proto=https",
+                "for=\"[2001:db8::7]\";host=\"app.example:8443\";proto=http"
+            ]
+        );
+        // A Host with a quote cannot be a quoted string: left out, the rest still sent.
+        let mut h = map(&[("host", "a\"b")]);
+        prepare_request(&mut h, "192.0.2.1:1".parse().unwrap());
+        assert_eq!(h["forwarded"], "for=192.0.2.1;proto=http");
     }
 
     #[test]

@@ -69,6 +69,10 @@ async fn forwarding_headers_are_set_and_hop_by_hop_stripped() {
     assert_eq!(h["x-echo-x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-echo-x-forwarded-proto"], "http");
     assert_eq!(h["x-echo-x-forwarded-host"], "app.example");
+    assert_eq!(
+        h["x-echo-forwarded"],
+        "for=127.0.0.1;host=\"app.example\";proto=http"
+    );
     assert_eq!(h["x-echo-host"], "app.example");
     assert_eq!(h["x-echo-via"], "1.1 gatewise");
     assert_eq!(h["x-echo-x-request-id"], "req-42");
