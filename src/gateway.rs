@@ -145,7 +145,7 @@ impl Gateway {
         for route in &self.shared.routes {
             tracing::info!(
                 route = %route.name,
-                host = ?route.config.host,
+                host = %route.config.host,
                 path_prefix = %route.config.path_prefix,
                 upstream = %route.upstream.name,
                 targets = ?route.upstream.config.targets,

@@ -61,11 +61,6 @@ async fn http_upstream(health_status: u16) -> (SocketAddr, mpsc::UnboundedReceiv
 }
 
 /// A port nothing listens on.
-async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
-}
-
 /// Accepts connections and reads forever without answering.
 async fn silent_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -148,7 +143,7 @@ async fn http_probe_fails_on_status_outside_the_expected_range() {
 
 #[tokio::test]
 async fn probes_of_a_closed_port_say_connection_refused() {
-    let target = closed_port().await.to_string();
+    let target = crate::support::upstream::closed_port().await.to_string();
     let got = probe(&target, &http_check("/health", SECOND)).await;
     assert_eq!(got, outcome(false, "connection refused"));
     let got = probe(&target, &tcp_check()).await;
@@ -183,7 +178,7 @@ async fn tcp_probe_passes_when_something_listens() {
 #[tokio::test]
 async fn run_checks_reports_each_target_by_index() {
     let (up, _seen) = http_upstream(200).await;
-    let down = closed_port().await;
+    let down = crate::support::upstream::closed_port().await;
     let mut cfg = http_check("/health", SECOND);
     cfg.interval = Duration::from_secs(3600);
     let (tx, mut rx) = mpsc::unbounded_channel();

@@ -18,6 +18,8 @@ async fn traffic_over_a_refused_target_shows_in_the_series() {
     cfg.admin.listen = Some("127.0.0.1:0".parse().unwrap());
     // One refused connect ejects the target, so exactly one attempt is refused.
     support::upstream_of(&mut cfg).passive.consecutive_failures = 1;
+    // Ejected for longer than the test runs, so the scrape sees it ejected however slow it is.
+    support::upstream_of(&mut cfg).passive.base_ejection = std::time::Duration::from_secs(60);
     let gw = support::start(cfg).await;
     let c = client();
 

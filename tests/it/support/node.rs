@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
 pub const READY: u8 = 0;
@@ -45,23 +45,39 @@ pub struct Node {
     pub counters: Arc<Counters>,
     mode: Arc<AtomicU8>,
     /// `/health` answers 503 whatever the mode (a broken health endpoint).
-    health_failing: Arc<std::sync::atomic::AtomicBool>,
+    health_failing: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
     kill: watch::Sender<u64>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Bound to the node's port for its whole life, never listening: while the node is dead
+    /// its port refuses connections and no other test's `bind(0)` can be handed it.
+    _reserve: TcpSocket,
+}
+
+/// A listener on `addr` beside the node's reserving socket (both use `SO_REUSEADDR`).
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 impl Node {
     pub async fn start() -> Arc<Node> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let reserve = TcpSocket::new_v4().unwrap();
+        reserve.set_reuseaddr(true).unwrap();
+        reserve.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = reserve.local_addr().unwrap();
+        let listener = listen_on(addr).unwrap();
         let node = Arc::new(Node {
-            addr: listener.local_addr().unwrap(),
+            addr,
             counters: Arc::default(),
             mode: Arc::new(AtomicU8::new(READY)),
             health_failing: Arc::default(),
             delay_ms: Arc::default(),
             kill: watch::channel(0).0,
             task: Mutex::new(None),
+            _reserve: reserve,
         });
         node.serve(listener);
         node
@@ -108,22 +124,29 @@ impl Node {
         self.wait_for(|node| node.health_checks() > seen + n).await;
     }
 
-    /// Crash: the port stops listening and every open connection is dropped at once.
-    pub fn kill(&self) {
-        if let Some(task) = self.task.lock().unwrap().take() {
-            task.abort();
-        }
+    /// Crash: the port stops listening and every open connection is dropped at once. Returns
+    /// once the listening socket is closed.
+    pub async fn kill(&self) {
+        let task = self.task.lock().unwrap().take();
         self.kill.send_modify(|g| *g += 1);
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// Starts listening again on the same port, in `mode`.
     pub async fn restart(self: &Arc<Self>, mode: u8) {
         self.set_mode(mode);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
         let listener = loop {
-            // The old socket may take a moment to be released after the abort.
-            match TcpListener::bind(self.addr).await {
+            // The old listener may take a moment to be released after the abort.
+            match listen_on(self.addr) {
                 Ok(l) => break l,
-                Err(_) => tokio::task::yield_now().await,
+                Err(_) if tokio::time::Instant::now() < give_up => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(e) => panic!("restart: cannot listen on {} again: {e}", self.addr),
             }
         };
         self.serve(listener);
@@ -150,10 +173,10 @@ impl Node {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let (counters, mode, delay) =
                             (counters.clone(), mode.clone(), delay.clone());
-                        let failing = health_failing.load(Ordering::SeqCst);
+                        let failing = health_failing.clone();
                         async move {
                             Ok::<_, Infallible>(
-                                answer(req, &counters, &mode, &delay, failing).await,
+                                answer(req, &counters, &mode, &delay, &failing).await,
                             )
                         }
                     });
@@ -175,13 +198,15 @@ async fn answer(
     counters: &Counters,
     mode: &AtomicU8,
     delay: &AtomicU64,
-    health_failing: bool,
+    health_failing: &AtomicBool,
 ) -> Response<Full<Bytes>> {
-    let ready = mode.load(Ordering::SeqCst) == READY;
     if req.uri().path() == "/health" {
+        // Counted before the mode is read: a check counted after a test changed the mode
+        // (see `checks_applied`) answers in the new mode.
         counters.health_checks.fetch_add(1, Ordering::SeqCst);
         counters.changed.notify_waiters();
-        let status = if ready && !health_failing {
+        let ready = mode.load(Ordering::SeqCst) == READY;
+        let status = if ready && !health_failing.load(Ordering::SeqCst) {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -195,7 +220,7 @@ async fn answer(
         .unwrap_or("")
         .to_string();
     let _ = req.into_body().collect().await;
-    if !ready {
+    if mode.load(Ordering::SeqCst) != READY {
         return status_response(StatusCode::SERVICE_UNAVAILABLE);
     }
     // Counted on arrival: a node that crashes mid-request may already have acted on it.

@@ -127,10 +127,15 @@ pub async fn echo() -> Mock {
     .await
 }
 
-/// An address nothing listens on.
+/// An address nothing listens on: connections to it are refused. The port stays bound (never
+/// listening) for the rest of the test run, so no other test's `bind(0)` can be handed it and
+/// start answering there.
 pub async fn closed_port() -> SocketAddr {
-    let l = bind_any().await;
-    l.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// Accepts connections and reads forever, never answering.
