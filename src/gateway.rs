@@ -54,7 +54,8 @@ impl Gateway {
             .iter()
             .map(|(name, cfg)| (name.clone(), Arc::new(Upstream::new(name, cfg.clone()))))
             .collect();
-        let metrics = Metrics::new(upstreams.values());
+        let mut metrics = Metrics::new(upstreams.values());
+        metrics.register_access_log(&access_log);
         let mut all_routes = Vec::new();
         let mut listeners = Vec::new();
         for lc in &config.listeners {

@@ -74,6 +74,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
+        tokio::spawn(reopen_log_on_sigusr1(log.clone()));
         let gateway = match Gateway::bind(&config, log).await {
             Ok(g) => g,
             Err(e) => {
@@ -110,6 +111,23 @@ pub fn build_runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::
         builder.worker_threads(n.max(1));
     }
     builder.enable_all().thread_name("gatewise-worker").build()
+}
+
+/// SIGUSR1 reopens the access-log file (after an external rotation moved it away).
+async fn reopen_log_on_sigusr1(log: AccessLog) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+            return;
+        };
+        while usr1.recv().await.is_some() {
+            log.reopen();
+            tracing::info!("SIGUSR1: reopening the access log");
+        }
+    }
+    #[cfg(not(unix))]
+    drop(log);
 }
 
 async fn shutdown_signal() {

@@ -131,6 +131,15 @@ impl Metrics {
         }
     }
 
+    /// Exposes the access log's dropped-line counter.
+    pub fn register_access_log(&mut self, log: &crate::observe::access_log::AccessLog) {
+        self.registry.register(
+            counter_base(names::ACCESS_LOG_DROPPED),
+            names::ACCESS_LOG_DROPPED_HELP,
+            log.dropped().clone(),
+        );
+    }
+
     /// The handles of one route (`name` is the route label); built once, at gateway build time.
     /// An upstream not given to [`Metrics::new`] gets handles of its own.
     pub fn route(&self, name: &Arc<str>, upstream: &Upstream) -> Arc<RouteMetrics> {

@@ -10,3 +10,4 @@ mod failover;
 mod health;
 mod metrics;
 mod proxy;
+mod run;

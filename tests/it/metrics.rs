@@ -102,6 +102,7 @@ async fn traffic_over_a_refused_target_shows_in_the_series() {
             r#"gatewise_queue_depth{upstream="default"}"#.to_string(),
             0.0,
         ),
+        ("gatewise_access_log_dropped_total".to_string(), 0.0),
     ];
     for (series, want) in expect {
         assert_eq!(value(&text, &series), Some(want), "{series} in\n{text}");

@@ -48,3 +48,7 @@ pub const QUEUE_DEPTH_HELP: &str =
 pub const QUEUE_REJECTIONS: &str = "gatewise_queue_rejections_total";
 pub const QUEUE_REJECTIONS_HELP: &str =
     "Requests turned away by an upstream's wait queue: queue_full or queue_timeout";
+
+pub const ACCESS_LOG_DROPPED: &str = "gatewise_access_log_dropped_total";
+pub const ACCESS_LOG_DROPPED_HELP: &str =
+    "Access-log lines dropped because the destination could not keep up (queue full)";

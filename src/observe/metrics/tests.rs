@@ -88,3 +88,20 @@ fn two_routes_on_one_upstream_share_the_attempt_series() {
         r#"gatewise_upstream_attempts_total{upstream="api",target="127.0.0.1:1",outcome="200"} 2"#;
     assert!(text.contains(line), "{text}");
 }
+
+/// Every exposed name is documented: `docs/metrics.md` and `names.rs` change together.
+#[test]
+fn every_metric_name_is_documented() {
+    let docs = include_str!("../../../docs/metrics.md");
+    let names: Vec<&str> = include_str!("names.rs")
+        .split('"')
+        .filter(|s| s.starts_with("gatewise_"))
+        .collect();
+    assert!(names.len() >= 14, "{names:?}");
+    for name in names {
+        assert!(
+            docs.contains(&format!("`{name}`")),
+            "{name} missing from docs/metrics.md"
+        );
+    }
+}
