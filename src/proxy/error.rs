@@ -189,20 +189,75 @@ impl fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
-/// Maps a connect-time I/O error to its cause.
+/// Maps a connect-time I/O error to its cause, the same way `gatewise explain` reads nginx's
+/// `connect() failed (errno: ...)` lines: unreachable or forbidden addresses count as refused,
+/// exhausted local ports or file descriptors as a connection limit; an error that fits nothing
+/// is named as ours rather than blamed on the target.
 pub fn connect_cause(err: &std::io::Error) -> Cause {
     use std::io::ErrorKind::*;
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
     match err.kind() {
-        ConnectionRefused => Cause::ConnectionRefused,
+        ConnectionRefused | HostUnreachable | NetworkUnreachable | PermissionDenied | NotFound => {
+            Cause::ConnectionRefused
+        }
         TimedOut => Cause::ConnectionTimeout,
         ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
             Cause::ConnectionTerminated
         }
-        _ => Cause::ConnectionRefused,
+        AddrNotAvailable | AddrInUse => Cause::ConnectionLimitReached,
+        _ if matches!(err.raw_os_error(), Some(EMFILE | ENFILE)) => Cause::ConnectionLimitReached,
+        _ => Cause::ProxyInternalError,
+    }
+}
+
+/// The `details` of a failed connect: the target, plus the system's words unless it was a plain
+/// refusal (`10.0.0.5:80: No route to host (os error 113)`).
+pub fn connect_detail(addr: &str, err: &std::io::Error) -> String {
+    if err.kind() == std::io::ErrorKind::ConnectionRefused {
+        addr.to_string()
+    } else {
+        format!("{addr}: {err}")
     }
 }
 
 /// Renders a duration as milliseconds for logs.
 pub fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors_get_the_cause_explain_gives_nginx_lines() {
+        let table = [
+            (111, Cause::ConnectionRefused),     // ECONNREFUSED
+            (113, Cause::ConnectionRefused),     // EHOSTUNREACH
+            (101, Cause::ConnectionRefused),     // ENETUNREACH
+            (13, Cause::ConnectionRefused),      // EACCES (SELinux)
+            (1, Cause::ConnectionRefused),       // EPERM (local firewall)
+            (110, Cause::ConnectionTimeout),     // ETIMEDOUT
+            (104, Cause::ConnectionTerminated),  // ECONNRESET
+            (99, Cause::ConnectionLimitReached), // EADDRNOTAVAIL: local ports exhausted
+            (24, Cause::ConnectionLimitReached), // EMFILE
+            (23, Cause::ConnectionLimitReached), // ENFILE
+            (22, Cause::ProxyInternalError),     // EINVAL: ours, not the target's
+        ];
+        for (errno, want) in table {
+            let err = std::io::Error::from_raw_os_error(errno);
+            assert_eq!(connect_cause(&err), want, "errno {errno}: {err}");
+        }
+    }
+
+    #[test]
+    fn connect_details_name_the_target_and_any_unusual_error() {
+        let refused = std::io::Error::from_raw_os_error(111);
+        assert_eq!(connect_detail("10.0.0.5:80", &refused), "10.0.0.5:80");
+        let unreachable = std::io::Error::from_raw_os_error(113);
+        let detail = connect_detail("10.0.0.5:80", &unreachable);
+        assert!(detail.starts_with("10.0.0.5:80: "), "{detail}");
+        assert!(detail.contains("113"), "{detail}");
+    }
 }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::io::{CountingIo, IoStats};
 use crate::body::UpstreamBody;
-use crate::proxy::error::{connect_cause, Cause, Phase, UpstreamError};
+use crate::proxy::error::{connect_cause, connect_detail, Cause, Phase, UpstreamError};
 
 /// A connection ready to carry one request.
 pub struct Conn {
@@ -168,7 +168,11 @@ impl TargetPool {
         Err(match last {
             Some(e) => {
                 tracing::debug!(target = %self.addr, err = %e, "connect failed");
-                UpstreamError::before_send(connect_cause(&e), Phase::Connect, &*self.addr)
+                UpstreamError::before_send(
+                    connect_cause(&e),
+                    Phase::Connect,
+                    connect_detail(&self.addr, &e),
+                )
             }
             None => UpstreamError::before_send(
                 Cause::DnsError,

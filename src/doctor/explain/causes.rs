@@ -47,7 +47,7 @@ pub fn advice(cause: Option<Cause>) -> Advice {
             "bring targets back or fix the health check; avoid marking the whole pool down at once (panic threshold, max ejection percent)",
         ),
         Cause::ConnectionRefused => a(
-            "nothing was listening on the target address (TCP RST on connect)",
+            "nothing was listening on the target address (TCP RST on connect), or the address could not be reached at all (no route to host, network unreachable, connect blocked by a local firewall or SELinux)",
             "is the process up and bound to that address and port (0.0.0.0 vs 127.0.0.1), did a deploy or restart stop it",
             "drain a target (fail readiness, wait) before stopping it; start listening before reporting ready; retry connect failures on another target",
         ),
