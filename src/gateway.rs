@@ -2,8 +2,11 @@
 //! access log, bound sockets; then serving them all.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -15,6 +18,7 @@ use crate::observe::metrics::Metrics;
 use crate::proxy::forward::{ListenerState, Route};
 use crate::proxy::retry::RetryBudget;
 use crate::routing::RouteTable;
+use crate::server::drain::Drain;
 use crate::upstream::Upstream;
 
 /// State shared by the whole gateway (the admin listener reads it).
@@ -22,11 +26,16 @@ pub struct Shared {
     pub upstreams: BTreeMap<String, Arc<Upstream>>,
     pub routes: Vec<Arc<Route>>,
     pub metrics: Metrics,
+    /// Set when shutdown began: `/ready` answers 503 from then on.
+    pub draining: AtomicBool,
 }
 
 impl Shared {
     /// `None` when every route has a target that can take traffic; otherwise why not.
     pub fn not_ready(&self) -> Option<String> {
+        if self.draining.load(Ordering::Relaxed) {
+            return Some("draining: gatewise is shutting down".to_string());
+        }
         self.routes
             .iter()
             .find(|r| !r.upstream.has_routable_target())
@@ -44,6 +53,8 @@ pub struct Gateway {
     listeners: Vec<(ListenerConfig, TcpListener, Arc<ListenerState>)>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
+    drain_delay: Duration,
+    shutdown_timeout: Duration,
 }
 
 impl Gateway {
@@ -101,11 +112,14 @@ impl Gateway {
             upstreams,
             routes: all_routes,
             metrics,
+            draining: AtomicBool::new(false),
         });
         Ok(Gateway {
             listeners,
             admin,
             shared,
+            drain_delay: config.drain_delay,
+            shutdown_timeout: config.shutdown_timeout,
         })
     }
 
@@ -127,6 +141,15 @@ impl Gateway {
 
     /// Serves every listener and the admin listener until the returned future is dropped.
     pub async fn serve(self) {
+        self.serve_until(std::future::pending()).await;
+    }
+
+    /// Serves until `shutdown` resolves, then drains (`server/drain.rs`): `/ready` 503 at once,
+    /// still serving for `drain_delay`; then listeners close and open connections finish their
+    /// requests, for up to `shutdown_timeout`. Returns when that is done, with the number of
+    /// connections still open at the timeout (0 when all finished).
+    pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> usize {
+        let drain = Drain::default();
         let mut tasks = JoinSet::new();
         for (config, socket, state) in self.listeners {
             tracing::info!(
@@ -134,7 +157,12 @@ impl Gateway {
                 addr = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 "listening"
             );
-            tasks.spawn(crate::server::listener::serve(socket, config, state));
+            tasks.spawn(crate::server::listener::serve(
+                socket,
+                config,
+                state,
+                drain.signal(),
+            ));
         }
         for upstream in self.shared.upstreams.values() {
             tasks.spawn(upstream.clone().run_health());
@@ -153,6 +181,25 @@ impl Gateway {
                 "routing"
             );
         }
-        while tasks.join_next().await.is_some() {}
+        tokio::select! {
+            () = shutdown => {}
+            () = async { while tasks.join_next().await.is_some() {} } => return 0,
+        }
+        self.shared.draining.store(true, Ordering::Relaxed);
+        tracing::info!(
+            drain_delay_ms = self.drain_delay.as_millis() as u64,
+            "draining: /ready answers 503; still serving until the delay ends"
+        );
+        tokio::time::sleep(self.drain_delay).await;
+        tracing::info!(
+            shutdown_timeout_ms = self.shutdown_timeout.as_millis() as u64,
+            "closing listeners; waiting for in-flight requests"
+        );
+        let open = drain.close_and_wait(self.shutdown_timeout).await;
+        match open {
+            0 => tracing::info!("drained: every connection finished"),
+            open => tracing::warn!(open, "shutdown timeout: closing connections still open"),
+        }
+        open
     }
 }

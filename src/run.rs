@@ -82,9 +82,18 @@ pub fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        // The first SIGTERM/SIGINT drains (docs/config.md, "Shutdown"); a second one stops at once.
+        let first = async {
+            shutdown_signal().await;
+            tracing::info!("signal received: draining (a second signal stops at once)");
+        };
+        let second = async {
+            shutdown_signal().await;
+            shutdown_signal().await;
+        };
         tokio::select! {
-            () = gateway.serve() => {}
-            () = shutdown_signal() => tracing::info!("signal received, stopping"),
+            _ = gateway.serve_until(first) => {}
+            () = second => tracing::warn!("second signal: stopping without waiting"),
         }
         ExitCode::SUCCESS
     });

@@ -21,6 +21,8 @@ pub struct RawFile {
     pub workers: Option<Spanned<usize>>,
     pub admin: Option<RawAdmin>,
     pub access_log: Option<Str>,
+    pub drain_delay: Option<Str>,
+    pub shutdown_timeout: Option<Str>,
     pub listeners: Vec<Spanned<Option<RawListener>>>,
     pub routes: Vec<Spanned<Option<RawRoute>>>,
     pub upstreams: Vec<RawUpstreamEntry>,
@@ -164,7 +166,8 @@ pub struct ReadError {
     pub message: String,
 }
 
-const TOP_KEYS: &str = "workers, admin, access_log, listener, route, upstream";
+const TOP_KEYS: &str =
+    "workers, admin, access_log, drain_delay, shutdown_timeout, listener, route, upstream";
 
 /// Reads `src` section by section. `Err` means the TOML itself is malformed (nothing else is
 /// worth checking); `Ok` carries whatever could be read plus the per-section errors.
@@ -180,6 +183,10 @@ pub fn read(src: &str) -> Result<(RawFile, Vec<ReadError>), Vec<ReadError>> {
         match key.get_ref().as_ref() {
             "workers" => raw.workers = section(value, "workers", &mut errors),
             "access_log" => raw.access_log = section(value, "access_log", &mut errors),
+            "drain_delay" => raw.drain_delay = section(value, "drain_delay", &mut errors),
+            "shutdown_timeout" => {
+                raw.shutdown_timeout = section(value, "shutdown_timeout", &mut errors)
+            }
             "admin" => raw.admin = section(value, "admin", &mut errors),
             "listener" => raw.listeners = array_of_tables(value, "listener", &mut errors),
             "route" => raw.routes = array_of_tables(value, "route", &mut errors),

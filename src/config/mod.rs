@@ -27,6 +27,11 @@ pub struct Config {
     pub workers: Option<usize>,
     pub admin: AdminConfig,
     pub access_log: AccessLog,
+    /// On SIGTERM: how long `/ready` says 503 while traffic is still served, so load balancers
+    /// stop sending before the listeners close.
+    pub drain_delay: Duration,
+    /// After the listeners close: how long in-flight requests may take to finish.
+    pub shutdown_timeout: Duration,
     pub listeners: Vec<ListenerConfig>,
     /// Routes in file order; the route table orders them by specificity.
     pub routes: Vec<RouteConfig>,
@@ -176,6 +181,8 @@ pub mod defaults {
     use std::time::Duration;
 
     pub const ADMIN_LISTEN: &str = "127.0.0.1:9901";
+    pub const DRAIN_DELAY: Duration = Duration::from_secs(5);
+    pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     pub const MAX_HEADERS: usize = 100;
@@ -308,6 +315,8 @@ impl Config {
                 ),
             },
             access_log: AccessLog::Stdout,
+            drain_delay: defaults::DRAIN_DELAY,
+            shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
             listeners: vec![ListenerConfig::new("public", listen)],
             routes: vec![RouteConfig::new("public", "default")],
             upstreams,

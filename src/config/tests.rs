@@ -82,6 +82,8 @@ targets = ["backend:80"]
         Some(defaults::ADMIN_LISTEN.parse().unwrap())
     );
     assert_eq!(config.access_log, AccessLog::Stdout);
+    assert_eq!(config.drain_delay, defaults::DRAIN_DELAY);
+    assert_eq!(config.shutdown_timeout, defaults::SHUTDOWN_TIMEOUT);
     assert_eq!(
         config.listeners,
         vec![ListenerConfig::new("only", "127.0.0.1:0".parse().unwrap())]

@@ -232,6 +232,8 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         workers,
         admin,
         access_log,
+        drain_delay,
+        shutdown_timeout,
         listeners,
         routes,
         upstreams,
@@ -239,6 +241,13 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
     let workers = workers.map(|w| cx.nonzero(Some(w), "workers", 1));
     let (admin, admin_span) = admin_config(cx, admin);
     let access_log = access_log_config(cx, access_log);
+    let drain_delay = cx.duration(drain_delay, "drain_delay", defaults::DRAIN_DELAY, false);
+    let shutdown_timeout = cx.duration(
+        shutdown_timeout,
+        "shutdown_timeout",
+        defaults::SHUTDOWN_TIMEOUT,
+        false,
+    );
     let (listeners, listeners_complete) = validate_routes::listener_configs(cx, listeners);
     if let Some(admin_addr) = admin.listen {
         if let Some(l) = listeners
@@ -263,6 +272,8 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         workers,
         admin,
         access_log,
+        drain_delay,
+        shutdown_timeout,
         listeners,
         routes,
         upstreams,

@@ -12,22 +12,35 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::drain::DrainSignal;
 use crate::config::ListenerConfig;
 use crate::observe::access_log::Record;
 use crate::proxy::error::Cause;
 use crate::proxy::forward::{self, ListenerState};
 
-/// Accepts connections until the task is dropped.
-pub async fn serve(listener: TcpListener, config: ListenerConfig, state: Arc<ListenerState>) {
+/// Accepts connections until the gateway drains (the socket is closed on return, so new
+/// connections are refused) or the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    config: ListenerConfig,
+    state: Arc<ListenerState>,
+    mut drain: DrainSignal,
+) {
     let config = Arc::new(config);
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = drain.closing() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 tokio::spawn(serve_connection(
                     stream,
                     peer,
                     config.clone(),
                     state.clone(),
+                    drain.clone(),
                 ));
             }
             Err(err) => {
@@ -44,6 +57,7 @@ async fn serve_connection(
     peer: SocketAddr,
     config: Arc<ListenerConfig>,
     state: Arc<ListenerState>,
+    mut drain: DrainSignal,
 ) {
     let _ = stream.set_nodelay(true);
     let svc_state = state.clone();
@@ -51,15 +65,24 @@ async fn serve_connection(
         let state = svc_state.clone();
         async move { Ok::<_, Infallible>(forward::handle(&state, peer, req).await) }
     });
-    let result = http1::Builder::new()
+    let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
         .max_header_size(config.max_header_bytes)
         .writev(false)
         .max_headers(config.max_headers)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        biased;
+        result = conn.as_mut() => result,
+        () = drain.closing() => {
+            // Idle: closed now. Busy: the current response goes out with `Connection: close`.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(err) = result {
         if err.is_parse() || err.is_parse_too_large() {
             // hyper has answered 400 or 431 itself; the request never reached a route.

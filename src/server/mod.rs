@@ -1,3 +1,4 @@
-//! Accepting client connections and serving HTTP/1.1 on them.
+//! Accepting client connections and serving HTTP/1.1 on them; closing them gracefully.
 
+pub mod drain;
 pub mod listener;

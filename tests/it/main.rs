@@ -5,6 +5,7 @@ mod support;
 mod chaos;
 mod config;
 mod demo;
+mod drain;
 mod explain;
 mod failover;
 mod health;
