@@ -81,7 +81,8 @@ def main():
         print(f"{sent - failed} passed, {failed} failed")
         sys.exit(1 if failed or dup else 0)
     finally:
-        gw.terminate(); gw.wait(5)
+        # SIGTERM drains (drain_delay, 5 s by default); a second one stops at once.
+        gw.terminate(); time.sleep(0.2); gw.terminate(); gw.wait(10)
 
 if __name__ == "__main__":
     main()
