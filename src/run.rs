@@ -82,26 +82,31 @@ pub fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        // The first SIGTERM/SIGINT drains (docs/config.md, "Shutdown"); a second one stops at once.
-        let first = async {
-            shutdown_signal().await;
+        // The first SIGTERM/SIGINT drains (docs/config.md, "Shutdown"); a second one stops at
+        // once. Both are read from the same streams, so two quick signals are never one.
+        let mut signals = StopSignals::new();
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel::<()>();
+        let watch_signals = async move {
+            signals.next().await;
             tracing::info!("signal received: draining (a second signal stops at once)");
+            let _ = first_tx.send(());
+            signals.next().await;
         };
-        let second = async {
-            shutdown_signal().await;
-            shutdown_signal().await;
+        let first = async {
+            let _ = first_rx.await;
         };
         tokio::select! {
             _ = gateway.serve_until(first) => {}
-            () = second => tracing::warn!("second signal: stopping without waiting"),
+            () = watch_signals => tracing::warn!("second signal: stopping without waiting"),
         }
         ExitCode::SUCCESS
     });
-    // Dropping the runtime drops every task and with them every handle on the access log, so
-    // the writer can drain the last lines and stop.
-    drop(runtime);
+    // Shutting the runtime down drops every task and with them every handle on the access log,
+    // so the writer can drain the last lines and stop. Both waits are bounded: blocking work
+    // (a DNS lookup) or a stuck log destination must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Some(writer) = writer {
-        writer.finish();
+        writer.finish(std::time::Duration::from_secs(2));
     }
     code
 }
@@ -139,20 +144,46 @@ async fn reopen_log_on_sigusr1(log: AccessLog) {
     drop(log);
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGTERM and SIGINT, each registered once for the life of the process.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            StopSignals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.term) => {}
+                () = recv(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

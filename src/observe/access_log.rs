@@ -107,10 +107,14 @@ impl AccessLog {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
         let log = Self::new(Some(tx));
         let reopen = log.reopen.clone();
+        let (done_tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("gatewise-access-log".into())
-            .spawn(move || write_loop(rx, out, path, &reopen))?;
-        Ok((log, Some(Writer(thread))))
+            .spawn(move || {
+                write_loop(rx, out, path, &reopen);
+                let _ = done_tx.send(());
+            })?;
+        Ok((log, Some(Writer { thread, done })))
     }
 
     /// A log whose lines arrive on the returned channel, which holds up to `capacity` of them
@@ -125,10 +129,14 @@ impl AccessLog {
         Self::capture_bounded(QUEUE_LINES)
     }
 
-    /// Asks the writer to reopen its file before writing the next lines (after a rotation moved
-    /// it away). Nothing to do for stdout.
+    /// Asks the writer to reopen its file (after a rotation moved it away), at once even when no
+    /// request comes. Nothing to do for stdout.
     pub fn reopen(&self) {
         self.reopen.store(true, Ordering::SeqCst);
+        // An empty line wakes the writer; it writes nothing.
+        if let Some(tx) = &self.tx {
+            let _ = tx.try_send(Vec::new());
+        }
     }
 
     /// Lines dropped so far because the destination could not keep up.
@@ -156,12 +164,23 @@ impl AccessLog {
 }
 
 /// The writer thread of a started access log.
-pub struct Writer(std::thread::JoinHandle<()>);
+pub struct Writer {
+    thread: std::thread::JoinHandle<()>,
+    done: mpsc::Receiver<()>,
+}
 
 impl Writer {
-    /// Waits until every queued line is written; returns once all log handles are dropped.
-    pub fn finish(self) {
-        let _ = self.0.join();
+    /// Once all log handles are dropped, waits until every queued line is written, but not
+    /// longer than `limit`: a destination that stopped accepting writes must not keep the
+    /// process from exiting. Returns whether everything was written.
+    pub fn finish(self, limit: Duration) -> bool {
+        match self.done.recv_timeout(limit) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!("gatewise: access log: destination stuck; the last lines are lost");
+                false
+            }
+            _ => self.thread.join().is_ok(),
+        }
     }
 }
 
@@ -276,10 +295,17 @@ mod tests {
         assert_eq!(lines_of(&path, 1).len(), 1);
         std::fs::rename(&path, &rotated).unwrap();
         log.reopen();
+        // The reopen happens without waiting for a request.
+        assert_eq!(lines_of(&path, 0).len(), 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !path.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(path.exists(), "reopened (created) before the next line");
         log.write(&record());
         log.write(&record());
         drop(log);
-        writer.unwrap().finish();
+        assert!(writer.unwrap().finish(Duration::from_secs(10)));
         assert_eq!(
             lines_of(&rotated, 1).len(),
             1,

@@ -189,25 +189,32 @@ impl fmt::Display for UpstreamError {
 
 impl std::error::Error for UpstreamError {}
 
-/// Maps a connect-time I/O error to its cause, the same way `gatewise explain` reads nginx's
-/// `connect() failed (errno: ...)` lines: unreachable or forbidden addresses count as refused,
-/// exhausted local ports or file descriptors as a connection limit; an error that fits nothing
-/// is named as ours rather than blamed on the target.
+/// Maps a connect-time I/O error to its cause.
+///
+/// Anything about reaching *this* target counts as refused (retried on another target, counted
+/// against this one): no listener, no route, network down or unreachable, a local firewall or
+/// SELinux, no source address for it (EADDRNOTAVAIL: local ports to it exhausted, or an IPv6
+/// target on a host without IPv6), an address family the host lacks. Running out of file
+/// descriptors would fail on every target: `connection_limit_reached`, our limit, nobody's
+/// fault upstream. Anything else is named as ours rather than blamed on the target. (`explain`
+/// reads nginx's errno lines the same way, except that it files EADDRNOTAVAIL under the limit.)
 pub fn connect_cause(err: &std::io::Error) -> Cause {
     use std::io::ErrorKind::*;
-    const EMFILE: i32 = 24;
     const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const EAFNOSUPPORT: i32 = 97;
     match err.kind() {
-        ConnectionRefused | HostUnreachable | NetworkUnreachable | PermissionDenied | NotFound => {
-            Cause::ConnectionRefused
-        }
+        ConnectionRefused | HostUnreachable | NetworkUnreachable | NetworkDown
+        | PermissionDenied | NotFound | AddrNotAvailable => Cause::ConnectionRefused,
         TimedOut => Cause::ConnectionTimeout,
         ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {
             Cause::ConnectionTerminated
         }
-        AddrNotAvailable | AddrInUse => Cause::ConnectionLimitReached,
-        _ if matches!(err.raw_os_error(), Some(EMFILE | ENFILE)) => Cause::ConnectionLimitReached,
-        _ => Cause::ProxyInternalError,
+        _ => match err.raw_os_error() {
+            Some(EAFNOSUPPORT) => Cause::ConnectionRefused,
+            Some(EMFILE | ENFILE) => Cause::ConnectionLimitReached,
+            _ => Cause::ProxyInternalError,
+        },
     }
 }
 
@@ -231,7 +238,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connect_errors_get_the_cause_explain_gives_nginx_lines() {
+    fn connect_errors_blame_the_target_only_when_it_is_about_the_target() {
         let table = [
             (111, Cause::ConnectionRefused),     // ECONNREFUSED
             (113, Cause::ConnectionRefused),     // EHOSTUNREACH
@@ -240,7 +247,9 @@ mod tests {
             (1, Cause::ConnectionRefused),       // EPERM (local firewall)
             (110, Cause::ConnectionTimeout),     // ETIMEDOUT
             (104, Cause::ConnectionTerminated),  // ECONNRESET
-            (99, Cause::ConnectionLimitReached), // EADDRNOTAVAIL: local ports exhausted
+            (99, Cause::ConnectionRefused),      // EADDRNOTAVAIL: no source address for it
+            (100, Cause::ConnectionRefused),     // ENETDOWN
+            (97, Cause::ConnectionRefused),      // EAFNOSUPPORT: IPv6 target, no IPv6 here
             (24, Cause::ConnectionLimitReached), // EMFILE
             (23, Cause::ConnectionLimitReached), // ENFILE
             (22, Cause::ProxyInternalError),     // EINVAL: ours, not the target's

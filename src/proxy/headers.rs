@@ -81,6 +81,7 @@ pub fn prepare_request(headers: &mut HeaderMap, client: SocketAddr) -> HeaderVal
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
+    drop_unbalanced_forwarded(headers);
     headers.append(header::FORWARDED, forwarded_element(headers, client));
     headers.append(header::VIA, VIA_VALUE.clone());
 
@@ -91,6 +92,37 @@ pub fn prepare_request(headers: &mut HeaderMap, client: SocketAddr) -> HeaderVal
             headers.insert(X_REQUEST_ID.clone(), id.clone());
             id
         }
+    }
+}
+
+/// Removes incoming `Forwarded` lines whose quoted strings do not close: joined with ours by the
+/// upstream, an open quote would swallow our element and let the client's `for=` pass as the
+/// last hop's.
+fn drop_unbalanced_forwarded(headers: &mut HeaderMap) {
+    let balanced = |v: &HeaderValue| {
+        let (mut quoted, mut escaped) = (false, false);
+        for &b in v.as_bytes() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                _ => {}
+            }
+        }
+        !quoted
+    };
+    if headers.get_all(header::FORWARDED).iter().all(balanced) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::FORWARDED)
+        .iter()
+        .filter(|v| balanced(v))
+        .cloned()
+        .collect();
+    headers.remove(header::FORWARDED);
+    for v in kept {
+        headers.append(header::FORWARDED, v);
     }
 }
 
@@ -226,6 +258,22 @@ mod tests {
             [
                 "for=10.0.0.1;proto=https",
                 "for=\"[2001:db8::7]\";host=\"app.example:8443\";proto=http"
+            ]
+        );
+        // A client's line with an open quote would swallow ours downstream: dropped.
+        let mut h = map(&[
+            ("forwarded", "for=10.0.0.1"),
+            ("forwarded", "for=6.6.6.6;x=\"open"),
+            ("forwarded", "for=10.0.0.2;x=\"a\\\"b\""),
+        ]);
+        prepare_request(&mut h, "192.0.2.1:1".parse().unwrap());
+        let all: Vec<_> = h.get_all("forwarded").iter().collect();
+        assert_eq!(
+            all,
+            [
+                "for=10.0.0.1",
+                "for=10.0.0.2;x=\"a\\\"b\"",
+                "for=192.0.2.1;proto=http"
             ]
         );
         // A Host with a quote cannot be a quoted string: left out, the rest still sent.

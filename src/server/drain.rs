@@ -2,24 +2,49 @@
 //! `drain_delay` → stop accepting → idle keep-alive connections closed, busy ones answer their
 //! current request with `Connection: close` → wait for them, up to `shutdown_timeout`.
 //!
-//! Listeners and connections hold a [`DrainSignal`]: a flag they watch to know the listeners
-//! are closing, and a token whose drop tells [`Drain::close_and_wait`] the connection has ended.
+//! Listeners watch a flag to stop accepting. Each connection registers a one-shot of its own, so
+//! the request path polls only that (lock-free) and never a lock shared by every connection; its
+//! registration also counts it, so [`Drain::close_and_wait`] knows when the last one has ended.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// The gateway's side: raises the signal and waits for every connection to end.
 pub struct Drain {
-    closing: watch::Sender<bool>,
+    shared: Arc<Shared>,
     tokens: mpsc::Sender<()>,
     ended: mpsc::Receiver<()>,
 }
 
-/// A listener's or connection's side: clone one per connection.
-#[derive(Clone)]
+struct Shared {
+    /// For listeners: `true` once they must stop accepting.
+    listeners: watch::Sender<bool>,
+    connections: Mutex<Connections>,
+}
+
+#[derive(Default)]
+struct Connections {
+    closing: bool,
+    next_id: u64,
+    open: HashMap<u64, oneshot::Sender<()>>,
+}
+
+/// A listener's side: tells it when to stop accepting, and registers its connections.
 pub struct DrainSignal {
+    shared: Arc<Shared>,
     closing: watch::Receiver<bool>,
+    token: mpsc::Sender<()>,
+}
+
+/// One connection's side: resolves when the connection should close once idle. Dropping it
+/// tells the drain the connection has ended.
+pub struct ConnectionDrain {
+    id: u64,
+    closing: oneshot::Receiver<()>,
+    shared: Arc<Shared>,
     /// Never sent on; its drop is the message.
     _token: mpsc::Sender<()>,
 }
@@ -28,7 +53,10 @@ impl Default for Drain {
     fn default() -> Self {
         let (tokens, ended) = mpsc::channel(1);
         Drain {
-            closing: watch::channel(false).0,
+            shared: Arc::new(Shared {
+                listeners: watch::channel(false).0,
+                connections: Mutex::default(),
+            }),
             tokens,
             ended,
         }
@@ -38,8 +66,9 @@ impl Default for Drain {
 impl Drain {
     pub fn signal(&self) -> DrainSignal {
         DrainSignal {
-            closing: self.closing.subscribe(),
-            _token: self.tokens.clone(),
+            shared: self.shared.clone(),
+            closing: self.shared.listeners.subscribe(),
+            token: self.tokens.clone(),
         }
     }
 
@@ -47,12 +76,20 @@ impl Drain {
     /// every connection has ended or `timeout` passed. Returns how many were still open.
     pub async fn close_and_wait(self, timeout: Duration) -> usize {
         let Drain {
-            closing,
+            shared,
             tokens,
             mut ended,
         } = self;
-        closing.send_replace(true);
-        // Nothing is ever sent: `recv` returns `None` once the last signal (and ours) is dropped.
+        shared.listeners.send_replace(true);
+        let open = {
+            let mut conns = shared.connections.lock().unwrap_or_else(|e| e.into_inner());
+            conns.closing = true;
+            std::mem::take(&mut conns.open)
+        };
+        for (_, tx) in open {
+            let _ = tx.send(());
+        }
+        // Nothing is ever sent: `recv` returns `None` once every token (and ours) is dropped.
         drop(tokens);
         match tokio::time::timeout(timeout, ended.recv()).await {
             Ok(_) => 0,
@@ -62,8 +99,88 @@ impl Drain {
 }
 
 impl DrainSignal {
-    /// Resolves once the listeners are closing (or the gateway is gone).
+    /// Resolves once the listeners must stop accepting (or the gateway is gone).
     pub async fn closing(&mut self) {
         let _ = self.closing.wait_for(|closing| *closing).await;
+    }
+
+    /// Registers a new connection (once per connection, never per request).
+    pub fn connection(&self) -> ConnectionDrain {
+        let (tx, rx) = oneshot::channel();
+        let mut conns = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let id = conns.next_id;
+        conns.next_id += 1;
+        if conns.closing {
+            let _ = tx.send(());
+        } else {
+            conns.open.insert(id, tx);
+        }
+        ConnectionDrain {
+            id,
+            closing: rx,
+            shared: self.shared.clone(),
+            _token: self.token.clone(),
+        }
+    }
+}
+
+impl ConnectionDrain {
+    /// Resolves once the connection should close when idle (or the gateway is gone).
+    pub async fn closing(&mut self) {
+        let _ = (&mut self.closing).await;
+    }
+}
+
+impl Drop for ConnectionDrain {
+    fn drop(&mut self) {
+        let mut conns = self
+            .shared
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        conns.open.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn waits_for_open_connections_and_counts_those_cut() {
+        let drain = Drain::default();
+        let mut listener = drain.signal();
+        let mut idle = listener.connection();
+        let busy = listener.connection();
+        let closing = tokio::spawn(async move {
+            idle.closing().await;
+            drop(idle);
+        });
+        let waited = tokio::spawn(drain.close_and_wait(Duration::from_secs(30)));
+        listener.closing().await;
+        closing.await.unwrap();
+        // A connection accepted after the drain began is told to close at once.
+        let mut late = listener.connection();
+        late.closing().await;
+        drop((late, listener));
+        // `busy` is still open: the wait ends at the timeout and reports it.
+        assert_eq!(waited.await.unwrap(), 1);
+        drop(busy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn returns_as_soon_as_the_last_connection_ends() {
+        let drain = Drain::default();
+        let listener = drain.signal();
+        let mut conn = listener.connection();
+        drop(listener);
+        let waited = tokio::spawn(drain.close_and_wait(Duration::from_secs(30)));
+        conn.closing().await;
+        drop(conn);
+        assert_eq!(waited.await.unwrap(), 0);
     }
 }

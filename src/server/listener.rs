@@ -12,7 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::drain::DrainSignal;
+use super::drain::{ConnectionDrain, DrainSignal};
 use crate::config::ListenerConfig;
 use crate::observe::access_log::Record;
 use crate::proxy::error::Cause;
@@ -40,7 +40,7 @@ pub async fn serve(
                     peer,
                     config.clone(),
                     state.clone(),
-                    drain.clone(),
+                    drain.connection(),
                 ));
             }
             Err(err) => {
@@ -57,7 +57,7 @@ async fn serve_connection(
     peer: SocketAddr,
     config: Arc<ListenerConfig>,
     state: Arc<ListenerState>,
-    mut drain: DrainSignal,
+    mut drain: ConnectionDrain,
 ) {
     let _ = stream.set_nodelay(true);
     let svc_state = state.clone();
