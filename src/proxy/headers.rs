@@ -150,7 +150,8 @@ fn forwarded_element(headers: &HeaderMap, client: SocketAddr) -> HeaderValue {
         v.push('"');
     }
     v.push_str(";proto=http");
-    HeaderValue::from_str(&v).expect("built from visible ASCII only")
+    // The string's buffer becomes the value: no second copy.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).expect("built from visible ASCII only")
 }
 
 /// Rewrites an upstream response's headers for the client. Returns the upstream's

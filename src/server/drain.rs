@@ -161,11 +161,20 @@ mod tests {
             drop(idle);
         });
         let waited = tokio::spawn(drain.close_and_wait(Duration::from_secs(30)));
-        listener.closing().await;
-        closing.await.unwrap();
+        // Bounded (virtual time): a drain that never told them would fail here, not hang.
+        let told = Duration::from_secs(60);
+        tokio::time::timeout(told, listener.closing())
+            .await
+            .expect("listener told");
+        tokio::time::timeout(told, closing)
+            .await
+            .expect("idle connection told")
+            .unwrap();
         // A connection accepted after the drain began is told to close at once.
         let mut late = listener.connection();
-        late.closing().await;
+        tokio::time::timeout(told, late.closing())
+            .await
+            .expect("late connection told");
         drop((late, listener));
         // `busy` is still open: the wait ends at the timeout and reports it.
         assert_eq!(waited.await.unwrap(), 1);
@@ -179,7 +188,9 @@ mod tests {
         let mut conn = listener.connection();
         drop(listener);
         let waited = tokio::spawn(drain.close_and_wait(Duration::from_secs(30)));
-        conn.closing().await;
+        tokio::time::timeout(Duration::from_secs(60), conn.closing())
+            .await
+            .expect("connection told");
         drop(conn);
         assert_eq!(waited.await.unwrap(), 0);
     }
