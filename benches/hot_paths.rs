@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use gatewise::cause::Cause;
 use gatewise::config::{Balance, HostPattern};
-use gatewise::proxy::error::Cause;
 use gatewise::proxy::headers::prepare_request;
 use gatewise::proxy::response::error_response;
 use gatewise::routing::RouteTable;

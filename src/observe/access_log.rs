@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
 
+use crate::cause::{millis, Cause};
 use crate::config::AccessLog as Destination;
-use crate::proxy::error::{millis, Cause};
 
 /// One upstream attempt of a request.
 #[derive(Debug, Clone, Serialize)]

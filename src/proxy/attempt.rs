@@ -7,8 +7,8 @@ use std::sync::Arc;
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::error::{Cause, Phase, UpstreamError};
 use crate::body::UpstreamBody;
+use crate::cause::{Cause, Phase, UpstreamError};
 use crate::upstream::io::{IoSnapshot, IoStats};
 use crate::upstream::pool::Conn;
 use crate::upstream::Target;

@@ -11,13 +11,13 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::attempt::{self, Progress};
-use super::error::Cause;
 use super::headers;
 use super::outcome::{Finish, RequestLog};
 use super::relay::{BodyEnd, ClientBody, Relay};
 use super::request::{self, RequestBody};
 use super::response::{error_response, received_status, PROXY_STATUS};
 use super::retry;
+use crate::cause::Cause;
 use crate::config::RouteConfig;
 use crate::observe::access_log::{AccessLog, Attempt};
 use crate::observe::metrics::RouteMetrics;

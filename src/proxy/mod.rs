@@ -1,8 +1,7 @@
-//! The request path: [`forward`] (route → pick → connect → send → stream), the retry rule and
-//! error classification.
+//! The request path: [`forward`] (route → pick → connect → send → stream) and the retry rule.
+//! The cause vocabulary they speak is [`crate::cause`].
 
 pub mod attempt;
-pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod outcome;

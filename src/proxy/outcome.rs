@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderValue, Method, Uri};
 use tokio::time::Instant;
 
-use super::error::{Cause, Phase, UpstreamError};
 use super::relay::BodyEnd;
+use crate::cause::{Cause, Phase, UpstreamError};
 use crate::observe::access_log::{AccessLog, Attempt, Record};
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::pool::Conn;

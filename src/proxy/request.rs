@@ -11,8 +11,8 @@ use std::pin::Pin;
 use std::task::Poll;
 use tokio::time::Instant;
 
-use super::error::Cause;
 use crate::body::{Streamed, UpstreamBody};
+use crate::cause::Cause;
 
 /// Checks what hyper's parser lets through but a proxy must not forward. Returns the reason.
 pub fn validate(head: &Parts) -> Result<(), &'static str> {

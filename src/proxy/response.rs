@@ -3,9 +3,9 @@
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::Response;
 
-use super::error::Cause;
 use super::headers::X_REQUEST_ID;
 use super::relay::ClientBody;
+use crate::cause::Cause;
 
 pub static PROXY_STATUS: http::HeaderName = http::HeaderName::from_static("proxy-status");
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::time::Instant;
 
-use crate::proxy::error::{Cause, UpstreamError};
+use crate::cause::{Cause, UpstreamError};
 
 mod backoff;
 mod budget;

@@ -13,9 +13,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::drain::{ConnectionDrain, DrainSignal};
+use crate::cause::Cause;
 use crate::config::ListenerConfig;
 use crate::observe::access_log::Record;
-use crate::proxy::error::Cause;
 use crate::proxy::forward::{self, ListenerState};
 
 /// Accepts connections until the gateway drains (the socket is closed on return, so new

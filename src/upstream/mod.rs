@@ -18,9 +18,9 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::cause::{Cause, Phase, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::observe::metrics::{QueueReject, UpstreamCounters};
-use crate::proxy::error::{Cause, Phase, UpstreamError};
 use balancer::{Balancer, Candidate, Tried};
 use health::passive;
 use health::pool_rules::{may_eject, panic_mode};

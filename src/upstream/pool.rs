@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::io::{CountingIo, IoStats};
 use crate::body::UpstreamBody;
-use crate::proxy::error::{connect_cause, connect_detail, Cause, Phase, UpstreamError};
+use crate::cause::{connect_cause, connect_detail, Cause, Phase, UpstreamError};
 
 /// A connection ready to carry one request.
 pub struct Conn {

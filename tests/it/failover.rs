@@ -363,10 +363,7 @@ async fn panic_mode_does_not_skip_the_startup_wait_or_the_fast_503() {
         .await
         .err()
         .expect("no target handed out");
-    assert_eq!(
-        err.cause,
-        gatewise::proxy::error::Cause::DestinationUnavailable
-    );
+    assert_eq!(err.cause, gatewise::cause::Cause::DestinationUnavailable);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

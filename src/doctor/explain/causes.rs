@@ -3,7 +3,7 @@
 //! Kept in code so the report and `docs/causes.md` say the same thing; a test checks that every
 //! cause has an entry in the doc.
 
-use crate::proxy::error::Cause;
+use crate::cause::Cause;
 
 /// Advice for one cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 //! `URX` (retries exhausted) only qualifies another flag, so alone it blames nothing.
 
 use super::{time, Failure, Line};
-use crate::proxy::error::Cause;
+use crate::cause::Cause;
 
 /// Cause of one response flag; `None` for flags that do not blame an upstream.
 pub fn flag_cause(flag: &str) -> Option<Cause> {

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use super::{time, Failure, Line};
-use crate::proxy::error::Cause;
+use crate::cause::Cause;
 
 #[derive(Deserialize)]
 struct Attempt<'a> {

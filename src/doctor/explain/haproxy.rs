@@ -10,7 +10,7 @@
 use memchr::memchr_iter;
 
 use super::{time, Failure, Line};
-use crate::proxy::error::Cause;
+use crate::cause::Cause;
 
 /// Cause for a termination state; `None` when the upstream is not to blame.
 pub fn cause_of(state: &str, server: &str, status: i32) -> Option<Cause> {

@@ -23,8 +23,8 @@ mod time;
 
 use std::process::ExitCode;
 
+use crate::cause::Cause;
 use crate::cli::{ExplainArgs, LogFormat};
-use crate::proxy::error::Cause;
 
 pub use report::Report;
 

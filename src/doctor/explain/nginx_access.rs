@@ -9,7 +9,7 @@
 //! redirects) are read as one list.
 
 use super::{time, Failure, Line};
-use crate::proxy::error::Cause;
+use crate::cause::Cause;
 
 fn is_status(s: &str) -> bool {
     s == "-"

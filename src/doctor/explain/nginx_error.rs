@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 use memchr::memmem::{Finder, FinderRev};
 
 use super::{time, Failure, Line};
-use crate::proxy::error::Cause;
+use crate::cause::Cause;
 
 // Searchers built once: building one per line cost more than the search itself.
 static WHILE: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(" while "));

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::{causes, Failure, Format, Line, Minute};
-use crate::proxy::error::Cause;
+use crate::cause::Cause;
 
 /// Minutes without failure that still belong to the same episode.
 pub const EPISODE_GAP: i64 = 2;

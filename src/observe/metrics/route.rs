@@ -11,7 +11,7 @@ use prometheus_client::metrics::counter::Counter;
 use super::{
     AttemptLabels, Families, LatencyHistogram, ReasonLabels, RequestLabels, RouteLabels, NO_CAUSE,
 };
-use crate::proxy::error::Cause;
+use crate::cause::Cause;
 use crate::proxy::retry::{RetryReason, StopReason};
 use crate::upstream::Upstream;
 

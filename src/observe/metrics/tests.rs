@@ -4,7 +4,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::*;
-use crate::proxy::error::Cause;
+use crate::cause::Cause;
 use crate::proxy::retry::{RetryReason, StopReason};
 
 /// Handles index arrays by `enum as usize`: that needs `ALL` in declaration order.

@@ -7,7 +7,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
 use super::*;
-use crate::proxy::error::{Cause, Phase, UpstreamError};
+use crate::cause::{Cause, Phase, UpstreamError};
 
 use Cause::*;
 use Decision::{Retry, Stop};

@@ -8,8 +8,8 @@
 //! byte is the keep-alive race (field guide row 4), which the retry handles on a fresh
 //! connection; it is neutral too, or a busy healthy target would be ejected for it.
 
+use crate::cause::{Cause, UpstreamError};
 use crate::config::PassiveConfig;
-use crate::proxy::error::{Cause, UpstreamError};
 
 /// What one attempt says about its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub fn cause_verdict(cause: Cause) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::error::Phase;
+    use crate::cause::Phase;
 
     #[test]
     fn every_cause_has_the_intended_verdict() {

@@ -1,4 +1,6 @@
-//! What went wrong on the way to an upstream, and how that becomes a response.
+//! The cause vocabulary, shared by every module: what went wrong on the way to an upstream, and
+//! how that becomes a status. It lives at the crate root because the proxy, the upstream pool,
+//! the server, the access log, metrics and `explain` all speak it.
 //!
 //! An [`UpstreamError`] is classified where it is produced (connect, send, response head, body),
 //! never by parsing messages afterwards. Its [`Cause`] is an RFC 9209 `Proxy-Status` error type;
@@ -54,7 +56,7 @@ impl Cause {
     /// The RFC 9209 token, as it appears in `Proxy-Status`, logs and metrics.
     ///
     /// ```
-    /// use gatewise::proxy::error::Cause;
+    /// use gatewise::cause::Cause;
     /// assert_eq!(Cause::ConnectionRefused.as_str(), "connection_refused");
     /// assert_eq!(Cause::from_token("http_response_timeout"), Some(Cause::HttpResponseTimeout));
     /// assert_eq!(Cause::HttpResponseTimeout.status(), 504);
