@@ -59,6 +59,7 @@ pub struct RawRoute {
     pub replay_buffer: Option<Spanned<IntOrStr>>,
     pub retry_budget_ratio: Option<Spanned<f64>>,
     pub retry_budget_per_second: Option<u32>,
+    pub tunnel_idle_timeout: Option<Str>,
 }
 
 /// One `[upstream.NAME]` with its sub-tables, each read separately.

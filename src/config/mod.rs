@@ -88,6 +88,8 @@ pub struct RouteConfig {
     pub retry_budget_ratio: f64,
     /// ...plus this many retries per second.
     pub retry_budget_per_second: u32,
+    /// An upgraded connection (WebSocket) with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// Which `Host` values a route answers.
@@ -193,6 +195,8 @@ pub mod defaults {
     pub const REPLAY_BUFFER: usize = 64 * 1024;
     pub const RETRY_BUDGET_RATIO: f64 = 0.2;
     pub const RETRY_BUDGET_PER_SECOND: u32 = 10;
+    /// Long: WebSocket apps often stay quiet for minutes (nginx's 60 s cuts them).
+    pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
     pub const MAX_IDLE_PER_TARGET: usize = 256;
@@ -246,6 +250,7 @@ impl RouteConfig {
             replay_buffer: defaults::REPLAY_BUFFER,
             retry_budget_ratio: defaults::RETRY_BUDGET_RATIO,
             retry_budget_per_second: defaults::RETRY_BUDGET_PER_SECOND,
+            tunnel_idle_timeout: defaults::TUNNEL_IDLE_TIMEOUT,
         }
     }
 }

@@ -125,6 +125,7 @@ retry_on_status = [503]
 replay_buffer = 1024
 retry_budget_ratio = 0.5
 retry_budget_per_second = 3
+tunnel_idle_timeout = "10m"
 [upstream.u]
 targets = ["10.0.0.1:80"]
 balance = "least_request"
@@ -182,6 +183,7 @@ failure_statuses = [500, 502]
         ),
         (&[503][..], 1024, 0.5, 3)
     );
+    assert_eq!(r.tunnel_idle_timeout, Duration::from_secs(600));
     let u = &c.upstreams["u"];
     assert_eq!(
         (
@@ -342,4 +344,23 @@ fn damaged_files_never_panic() {
         let _ = parse(&damaged, "damaged.toml");
     }
     assert!(parse(&src, "whole.toml").is_ok());
+}
+
+#[test]
+fn tunnel_idle_timeout_defaults_to_an_hour_and_refuses_zero() {
+    let src = |extra: &str| {
+        format!(
+            "[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n[[route]]\nupstream = \"u\"\n{extra}\n[upstream.u]\ntargets = [\"127.0.0.1:2\"]\n"
+        )
+    };
+    let c = parse(&src(""), "t.toml").unwrap();
+    assert_eq!(c.routes[0].tunnel_idle_timeout, Duration::from_secs(3600));
+    let errors = parse(&src("tunnel_idle_timeout = \"0s\""), "t.toml")
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1, "{}", ConfigErrors(errors.clone()));
+    assert_eq!(
+        (errors[0].line, errors[0].field.as_str()),
+        (6, "route[0].tunnel_idle_timeout")
+    );
 }

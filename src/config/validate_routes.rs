@@ -143,6 +143,7 @@ pub(super) fn route_configs(
             replay_buffer,
             retry_budget_ratio,
             retry_budget_per_second,
+            tunnel_idle_timeout,
         } = r;
         let f = |key: &str| format!("route[{i}].{key}");
         let listener = match listener {
@@ -264,6 +265,12 @@ pub(super) fn route_configs(
             retry_budget_ratio: ratio,
             retry_budget_per_second: retry_budget_per_second
                 .unwrap_or(defaults::RETRY_BUDGET_PER_SECOND),
+            tunnel_idle_timeout: cx.duration(
+                tunnel_idle_timeout,
+                &f("tunnel_idle_timeout"),
+                defaults::TUNNEL_IDLE_TIMEOUT,
+                true,
+            ),
         };
         let same = |o: &RouteConfig| {
             o.listener == route.listener

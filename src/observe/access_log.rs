@@ -56,6 +56,17 @@ pub struct Record<'a> {
     /// The response body did not reach the client in full (client gone or upstream cut it).
     pub incomplete: bool,
     pub attempts: &'a [Attempt],
+    /// Only on the line of an upgraded request (status 101), written when its tunnel closed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<Tunnel>,
+}
+
+/// How a tunnel (an upgraded connection) ended; its bytes each way are the line's `bytes_in`
+/// (client to upstream) and `bytes_out` (upstream to client), its lifetime the line's duration.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Tunnel {
+    /// `client`, `upstream`, `idle_timeout` or `shutdown`.
+    pub closed_by: &'static str,
 }
 
 impl Serialize for Cause {
@@ -254,6 +265,7 @@ mod tests {
             retry_stop: None,
             incomplete: false,
             attempts: &[],
+            tunnel: None,
         }
     }
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use histogram::{LatencyHistogram, BUCKETS};
@@ -58,6 +59,12 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TunnelLabels {
+    route: Arc<str>,
+    closed_by: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     upstream: Arc<str>,
     target: Arc<str>,
@@ -73,6 +80,8 @@ struct Families {
     retries: Family<ReasonLabels, Counter>,
     retry_stops: Family<ReasonLabels, Counter>,
     budget_exhausted: Family<RouteLabels, Counter>,
+    tunnels_open: Family<RouteLabels, Gauge>,
+    tunnels: Family<TunnelLabels, Counter>,
 }
 
 /// The gateway's registry, and the per-upstream handles routes are built from.
@@ -113,6 +122,8 @@ impl Metrics {
             RETRY_BUDGET_EXHAUSTED_HELP,
             f.budget_exhausted.clone(),
         );
+        registry.register(TUNNELS_OPEN, TUNNELS_OPEN_HELP, f.tunnels_open.clone());
+        registry.register(counter_base(TUNNELS), TUNNELS_HELP, f.tunnels.clone());
         let upstreams: Vec<Arc<Upstream>> = upstreams.into_iter().cloned().collect();
         let handles = upstreams
             .iter()

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::header::HOST;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -17,6 +17,7 @@ use super::relay::{BodyEnd, ClientBody, Relay};
 use super::request::{self, RequestBody};
 use super::response::{error_response, received_status, PROXY_STATUS};
 use super::retry;
+use super::upgrade::{self, Upgrade};
 use crate::cause::Cause;
 use crate::config::RouteConfig;
 use crate::observe::access_log::{AccessLog, Attempt};
@@ -49,6 +50,8 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ClientBody> {
     let (mut head, body) = req.into_parts();
+    // Read before the hop-by-hop headers go.
+    let upgrade_asked = upgrade::requested(&head.headers);
     let mut log = RequestLog {
         log: state.access_log.clone(),
         start: Instant::now(),
@@ -67,6 +70,7 @@ pub async fn handle(
         attempts: Vec::new(),
         metrics: None,
         emitted: false,
+        tunnel: None,
     };
     if let Err(reason) = request::validate(&head) {
         log.metrics = Some(state.unrouted.clone());
@@ -86,6 +90,16 @@ pub async fn handle(
     log.route = Some(route.name.clone());
     log.upstream = Some(route.upstream.name.clone());
     log.metrics = Some(route.metrics.clone());
+    let upgrade = match upgrade_asked {
+        None => None,
+        Some(protocols) => {
+            let has_body = !http_body::Body::is_end_stream(&body);
+            match upgrade::accept(&mut head, protocols, has_body) {
+                Ok(upgrade) => upgrade,
+                Err((cause, detail)) => return fail(log, cause, &detail),
+            }
+        }
+    };
 
     let deadline = log.start + route.config.timeout;
     let mut body = match RequestBody::read(body, &head, route.config.replay_buffer, deadline).await
@@ -94,7 +108,7 @@ pub async fn handle(
         Err((cause, detail)) => return fail(log, cause, &detail),
     };
     log.bytes_in = body.known_len(&head);
-    forward(route, request::upstream_head(head), &mut body, log).await
+    forward(route, request::upstream_head(head), &mut body, log, upgrade).await
 }
 
 /// The attempt loop of one routed request.
@@ -103,6 +117,7 @@ async fn forward(
     head: http::request::Parts,
     body: &mut RequestBody,
     mut log: RequestLog,
+    mut upgrade: Option<Upgrade>,
 ) -> Response<ClientBody> {
     let upstream = &route.upstream;
     let deadline = log.start + route.config.timeout;
@@ -193,6 +208,21 @@ async fn forward(
         };
 
         match (result, retry_in) {
+            (Ok((resp, conn)), None) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                log.target = Some(target.addr.clone());
+                // The socket now belongs to the tunnel: this connection never goes back.
+                drop(conn);
+                return match upgrade.take() {
+                    Some(upgrade) => upgrade.open(resp, target, in_flight, route, log).await,
+                    None => {
+                        let detail = format!(
+                            "{}: 101 to a request that asked for no upgrade",
+                            target.addr
+                        );
+                        fail(log, Cause::HttpProtocolError, &detail)
+                    }
+                };
+            }
             (Ok((resp, conn)), None) => {
                 log.target = Some(target.addr.clone());
                 let upload_streamed = !body.replayable();
@@ -200,7 +230,11 @@ async fn forward(
             }
             (Err(err), None) => {
                 log.target = Some(target.addr.clone());
-                return fail(log, err.cause, &err.detail);
+                let cause = match upgrade {
+                    Some(_) => upgrade::failure_cause(&err),
+                    None => err.cause,
+                };
+                return fail(log, cause, &err.detail);
             }
             (_, Some(delay)) => {
                 tracing::debug!(target = %target.addr, "retrying on another target");
@@ -279,7 +313,7 @@ fn relay(
 }
 
 /// Ends a request with a response gatewise generates, and logs it.
-fn fail(mut log: RequestLog, cause: Cause, detail: &str) -> Response<ClientBody> {
+pub(super) fn fail(mut log: RequestLog, cause: Cause, detail: &str) -> Response<ClientBody> {
     let resp = error_response(cause, detail, log.attempts.len(), &log.request_id);
     log.status = resp.status().as_u16();
     log.cause = Some(cause);

@@ -9,3 +9,5 @@ pub mod relay;
 pub mod request;
 pub mod response;
 pub mod retry;
+pub mod tunnel;
+pub mod upgrade;

@@ -36,6 +36,17 @@ pub struct RequestLog {
     pub metrics: Option<Arc<RouteMetrics>>,
     /// Set once the line is written; a request dropped before that logs itself (see `Drop`).
     pub emitted: bool,
+    /// Set on an upgraded request when its tunnel closed.
+    pub tunnel: Option<TunnelLog>,
+}
+
+/// The end of an upgraded request's tunnel, for its access-log line.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelLog {
+    pub closed_by: &'static str,
+    /// From request received to the 101 sent: the request's duration in the metrics, so hours
+    /// of tunnel do not swamp the latency histogram.
+    pub handshake: Duration,
 }
 
 /// Status logged for a request whose client went away before any response (nginx's 499).
@@ -65,7 +76,8 @@ impl RequestLog {
         };
         let elapsed = self.start.elapsed();
         if let Some(m) = &self.metrics {
-            m.request(self.status, cause, elapsed);
+            let handled = self.tunnel.map_or(elapsed, |t| t.handshake);
+            m.request(self.status, cause, handled);
         }
         if !self.log.enabled() {
             return;
@@ -97,6 +109,9 @@ impl RequestLog {
             retry_stop: self.retry_stop,
             incomplete: end != BodyEnd::Complete,
             attempts: &self.attempts,
+            tunnel: self.tunnel.map(|t| crate::observe::access_log::Tunnel {
+                closed_by: t.closed_by,
+            }),
         });
     }
 

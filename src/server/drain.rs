@@ -5,6 +5,10 @@
 //! Listeners watch a flag to stop accepting. Each connection registers a one-shot of its own, so
 //! the request path polls only that (lock-free) and never a lock shared by every connection; its
 //! registration also counts it, so [`Drain::close_and_wait`] knows when the last one has ended.
+//!
+//! An upgraded connection (a WebSocket tunnel) outlives hyper's connection future, so it
+//! registers on its own ([`Tunnels::register`]): the wait counts it too, and since a tunnel has
+//! no request boundary to close at, it is told to end only when `shutdown_timeout` runs out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,6 +27,8 @@ struct Shared {
     /// For listeners: `true` once they must stop accepting.
     listeners: watch::Sender<bool>,
     connections: Mutex<Connections>,
+    /// For tunnels: `true` once `shutdown_timeout` has run out and they must end.
+    cut: watch::Sender<bool>,
 }
 
 #[derive(Default)]
@@ -49,6 +55,21 @@ pub struct ConnectionDrain {
     _token: mpsc::Sender<()>,
 }
 
+/// Registers the tunnels of one connection's requests (cloned into their request extensions).
+#[derive(Clone)]
+pub struct Tunnels {
+    shared: Arc<Shared>,
+    /// Weak: a handle kept by a request that never upgrades must not hold the drain open.
+    token: mpsc::WeakSender<()>,
+}
+
+/// One open tunnel's registration: counted by the drain until dropped.
+pub struct TunnelGuard {
+    cut: watch::Receiver<bool>,
+    /// Never sent on; its drop is the message.
+    _token: mpsc::Sender<()>,
+}
+
 impl Default for Drain {
     fn default() -> Self {
         let (tokens, ended) = mpsc::channel(1);
@@ -56,6 +77,7 @@ impl Default for Drain {
             shared: Arc::new(Shared {
                 listeners: watch::channel(false).0,
                 connections: Mutex::default(),
+                cut: watch::channel(false).0,
             }),
             tokens,
             ended,
@@ -73,7 +95,8 @@ impl Drain {
     }
 
     /// Tells listeners to stop accepting and connections to close once idle, then waits until
-    /// every connection has ended or `timeout` passed. Returns how many were still open.
+    /// every connection and tunnel has ended or `timeout` passed. Returns how many were still
+    /// open; tunnels among them are told to end.
     pub async fn close_and_wait(self, timeout: Duration) -> usize {
         let Drain {
             shared,
@@ -93,7 +116,10 @@ impl Drain {
         drop(tokens);
         match tokio::time::timeout(timeout, ended.recv()).await {
             Ok(_) => 0,
-            Err(_) => ended.sender_strong_count(),
+            Err(_) => {
+                shared.cut.send_replace(true);
+                ended.sender_strong_count()
+            }
         }
     }
 }
@@ -132,6 +158,32 @@ impl ConnectionDrain {
     /// Resolves once the connection should close when idle (or the gateway is gone).
     pub async fn closing(&mut self) {
         let _ = (&mut self.closing).await;
+    }
+
+    /// A handle the connection's requests register their tunnels with.
+    pub fn tunnels(&self) -> Tunnels {
+        Tunnels {
+            shared: self.shared.clone(),
+            token: self._token.downgrade(),
+        }
+    }
+}
+
+impl Tunnels {
+    /// Registers a tunnel about to open; `None` once the drain has finished waiting (the
+    /// gateway is exiting, so no tunnel should start).
+    pub fn register(&self) -> Option<TunnelGuard> {
+        Some(TunnelGuard {
+            _token: self.token.upgrade()?,
+            cut: self.shared.cut.subscribe(),
+        })
+    }
+}
+
+impl TunnelGuard {
+    /// Resolves once the tunnel must end: `shutdown_timeout` ran out (or the gateway is gone).
+    pub async fn cut(&mut self) {
+        let _ = self.cut.wait_for(|cut| *cut).await;
     }
 }
 
@@ -179,6 +231,42 @@ mod tests {
         // `busy` is still open: the wait ends at the timeout and reports it.
         assert_eq!(waited.await.unwrap(), 1);
         drop(busy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tunnels_are_waited_for_and_cut_only_at_the_timeout() {
+        let drain = Drain::default();
+        let listener = drain.signal();
+        let conn = listener.connection();
+        let tunnels = conn.tunnels();
+        let mut tunnel = tunnels.register().expect("drain still waiting");
+        // The upgraded connection's hyper future ends; its tunnel lives on.
+        drop((conn, listener));
+        let start = tokio::time::Instant::now();
+        let waited = tokio::spawn(drain.close_and_wait(Duration::from_secs(30)));
+        let cut_at = tokio::spawn(async move {
+            tunnel.cut().await;
+            tokio::time::Instant::now()
+        });
+        assert_eq!(waited.await.unwrap(), 1, "the tunnel was still open");
+        let cut_at = cut_at.await.unwrap();
+        assert_eq!(
+            cut_at - start,
+            Duration::from_secs(30),
+            "cut at the timeout, not before"
+        );
+        // The drain is done: a tunnel can no longer start.
+        assert!(tunnels.register().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_handle_alone_does_not_hold_the_drain() {
+        let drain = Drain::default();
+        let listener = drain.signal();
+        let tunnels = listener.connection().tunnels();
+        drop(listener);
+        assert_eq!(drain.close_and_wait(Duration::from_secs(30)).await, 0);
+        drop(tunnels);
     }
 
     #[tokio::test(start_paused = true)]

@@ -61,8 +61,13 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let svc_state = state.clone();
-    let service = service_fn(move |req| {
+    let tunnels = drain.tunnels();
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let state = svc_state.clone();
+        // Only a request that may upgrade gets the handle (no extension map on every request).
+        if req.headers().contains_key(hyper::header::UPGRADE) {
+            req.extensions_mut().insert(tunnels.clone());
+        }
         async move { Ok::<_, Infallible>(forward::handle(&state, peer, req).await) }
     });
     let conn = http1::Builder::new()
@@ -72,7 +77,9 @@ async fn serve_connection(
         .max_header_size(config.max_header_bytes)
         .writev(false)
         .max_headers(config.max_headers)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        // A 101 hands the socket to the request's tunnel (proxy/upgrade.rs).
+        .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         biased;
@@ -117,5 +124,6 @@ fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper::Error) {
         retry_stop: None,
         incomplete: false,
         attempts: &[],
+        tunnel: None,
     });
 }

@@ -133,7 +133,8 @@ impl TargetPool {
                 UpstreamError::before_send(Cause::ProxyInternalError, Phase::Connect, e.to_string())
             })?;
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            // A 101 hands the socket to the request's tunnel (proxy/upgrade.rs).
+            if let Err(err) = conn.with_upgrades().await {
                 tracing::debug!(%err, "upstream connection ended");
             }
         });

@@ -52,3 +52,10 @@ pub const QUEUE_REJECTIONS_HELP: &str =
 pub const ACCESS_LOG_DROPPED: &str = "gatewise_access_log_dropped_total";
 pub const ACCESS_LOG_DROPPED_HELP: &str =
     "Access-log lines dropped because the destination could not keep up (queue full)";
+
+pub const TUNNELS_OPEN: &str = "gatewise_tunnels_open";
+pub const TUNNELS_OPEN_HELP: &str = "Upgraded connections (WebSocket tunnels) open now, by route";
+
+pub const TUNNELS: &str = "gatewise_tunnels_total";
+pub const TUNNELS_HELP: &str =
+    "Upgraded connections (WebSocket tunnels) ended, by route and who closed: client, upstream, idle_timeout, shutdown";

@@ -9,7 +9,8 @@ use http::StatusCode;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
-    AttemptLabels, Families, LatencyHistogram, ReasonLabels, RequestLabels, RouteLabels, NO_CAUSE,
+    AttemptLabels, Families, LatencyHistogram, ReasonLabels, RequestLabels, RouteLabels,
+    TunnelLabels, NO_CAUSE,
 };
 use crate::cause::Cause;
 use crate::proxy::retry::{RetryReason, StopReason};
@@ -166,6 +167,27 @@ impl RouteMetrics {
 
     pub fn retry(&self, reason: RetryReason) {
         self.retries[reason as usize].inc();
+    }
+
+    /// An upgraded connection of this route opened (tunnels are rare: looked up, not cached).
+    pub fn tunnel_opened(&self) {
+        let labels = RouteLabels {
+            route: self.route.clone(),
+        };
+        self.families.tunnels_open.get_or_create(&labels).inc();
+    }
+
+    /// A tunnel of this route ended; `closed_by` is a [`crate::proxy::tunnel::ClosedBy`] word.
+    pub fn tunnel_closed(&self, closed_by: &'static str) {
+        let labels = RouteLabels {
+            route: self.route.clone(),
+        };
+        self.families.tunnels_open.get_or_create(&labels).dec();
+        let labels = TunnelLabels {
+            route: self.route.clone(),
+            closed_by,
+        };
+        self.families.tunnels.get_or_create(&labels).inc();
     }
 
     /// A failed attempt was not retried; budget exhaustion also counts on its own counter.

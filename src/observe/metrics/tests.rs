@@ -105,3 +105,20 @@ fn every_metric_name_is_documented() {
         );
     }
 }
+
+#[test]
+fn tunnels_show_open_and_ended_by_who_closed() {
+    let up = upstream();
+    let metrics = Metrics::new([&up]);
+    let route = metrics.route(&Arc::from("web#0"), &up);
+    route.tunnel_opened();
+    route.tunnel_opened();
+    route.tunnel_closed("idle_timeout");
+    let text = metrics.encode();
+    for line in [
+        r#"gatewise_tunnels_open{route="web#0"} 1"#,
+        r#"gatewise_tunnels_total{route="web#0",closed_by="idle_timeout"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} not in {text}");
+    }
+}
