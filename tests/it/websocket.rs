@@ -401,3 +401,21 @@ async fn a_tunnel_stays_open_through_the_drain_delay_and_ends_at_shutdown_timeou
     let line: serde_json::Value = serde_json::from_slice(&line).unwrap();
     assert_eq!(line["tunnel"]["closed_by"], "shutdown", "{line}");
 }
+
+#[tokio::test]
+async fn a_101_to_a_plain_request_is_a_protocol_error_not_a_tunnel() {
+    let up = upstream::raw(|mut stream, _| async move {
+        let mut buf = [0u8; 4096];
+        let _ = stream.read(&mut buf).await;
+        let reply = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n";
+        let _ = stream.write_all(reply.as_bytes()).await;
+        let _ = stream.read(&mut buf).await;
+    })
+    .await;
+    let mut cfg = support::config(&[up.addr]);
+    support::route_of(&mut cfg).retries = 0;
+    let gw = support::start(cfg).await;
+    let (parts, _) = get(&client(), &gw.url("/plain")).await;
+    support::assert_generated(&parts, 502, "http_protocol_error");
+    assert!(gw.next_log().get("tunnel").is_none());
+}
