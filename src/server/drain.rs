@@ -52,7 +52,7 @@ pub struct ConnectionDrain {
     closing: oneshot::Receiver<()>,
     shared: Arc<Shared>,
     /// Never sent on; its drop is the message.
-    _token: mpsc::Sender<()>,
+    token: mpsc::Sender<()>,
 }
 
 /// Registers the tunnels of one connection's requests (cloned into their request extensions).
@@ -149,7 +149,7 @@ impl DrainSignal {
             id,
             closing: rx,
             shared: self.shared.clone(),
-            _token: self.token.clone(),
+            token: self.token.clone(),
         }
     }
 }
@@ -164,7 +164,7 @@ impl ConnectionDrain {
     pub fn tunnels(&self) -> Tunnels {
         Tunnels {
             shared: self.shared.clone(),
-            token: self._token.downgrade(),
+            token: self.token.downgrade(),
         }
     }
 }

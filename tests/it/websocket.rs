@@ -345,7 +345,8 @@ async fn upgrade_to_h2c_is_not_forwarded_and_the_request_is_served_as_http11() {
 async fn a_quiet_tunnel_is_closed_at_the_idle_timeout() {
     let (up, _closes) = ws_upstream().await;
     let mut cfg = support::config(&[up.addr]);
-    support::route_of(&mut cfg).tunnel_idle_timeout = Duration::from_millis(200);
+    // Long enough that a loaded machine still echoes within it; the end is waited on, not timed.
+    support::route_of(&mut cfg).tunnel_idle_timeout = Duration::from_secs(1);
     let gw = support::start(cfg).await;
     let mut ws = connect(gw.addr, "/chat").await;
     ws.send(Message::text("one")).await.unwrap();
@@ -418,4 +419,30 @@ async fn a_101_to_a_plain_request_is_a_protocol_error_not_a_tunnel() {
     let (parts, _) = get(&client(), &gw.url("/plain")).await;
     support::assert_generated(&parts, 502, "http_protocol_error");
     assert!(gw.next_log().get("tunnel").is_none());
+}
+
+#[tokio::test]
+async fn the_101_is_the_upstreams_with_no_body_framing() {
+    let (up, _closes) = ws_upstream().await;
+    let gw = support::start(support::config(&[up.addr])).await;
+    let text = raw(gw.addr, &handshake("/chat", ""), "\r\n\r\n").await;
+    let head = text.to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 101 switching protocols\r\n"),
+        "{text}"
+    );
+    // The upstream's answer to RFC 6455's example key, and the upgrade headers back.
+    for want in [
+        "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=",
+        "connection: upgrade",
+        "upgrade: websocket",
+        "via: 1.1 gatewise",
+    ] {
+        assert!(head.contains(want), "{want} missing from {text}");
+    }
+    // A 1xx response has no body: no framing header may say otherwise.
+    assert!(
+        !head.contains("content-length") && !head.contains("transfer-encoding"),
+        "{text}"
+    );
 }
