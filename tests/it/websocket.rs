@@ -329,15 +329,27 @@ async fn upgrade_to_h2c_is_not_forwarded_and_the_request_is_served_as_http11() {
     let up = upstream::serve(|req| {
         let upgrade = req.headers().contains_key("upgrade");
         let settings = req.headers().contains_key("http2-settings");
-        Response::new(Full::from(format!("upgrade={upgrade} settings={settings}")))
+        let path = req.uri().path().to_string();
+        Response::new(Full::from(format!(
+            "{path} upgrade={upgrade} settings={settings};"
+        )))
     })
     .await;
     let gw = support::start(support::config(&[up.addr])).await;
-    let request = "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
-                   Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
-    let text = raw(gw.addr, request, "settings=").await;
+    // A second request on the same connection: still HTTP/1.1 after the upgrade that was not.
+    let request = "GET /first HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                   Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n\
+                   GET /second HTTP/1.1\r\nHost: a\r\n\r\n";
+    let text = raw(gw.addr, request, "/second upgrade=false settings=false;").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.contains("upgrade=false settings=false"), "{text}");
+    assert!(
+        text.contains("/first upgrade=false settings=false;"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/second upgrade=false settings=false;"),
+        "{text}"
+    );
 }
 
 // Multi-threaded: `next_log` blocks its thread while the tunnel task writes the line.
@@ -445,4 +457,49 @@ async fn the_101_is_the_upstreams_with_no_body_framing() {
         !head.contains("content-length") && !head.contains("transfer-encoding"),
         "{text}"
     );
+}
+
+// Multi-threaded: `next_log` blocks its thread while the tunnel task writes the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_never_sent_goes_to_another_target() {
+    let (up, _closes) = ws_upstream().await;
+    let down = upstream::closed_port().await;
+    let mut cfg = support::config(&[down, up.addr]);
+    cfg.upstreams.values_mut().next().unwrap().health = None;
+    let gw = support::start(cfg).await;
+    // Round robin over two targets: at least one of two handshakes starts on the refused one.
+    let mut retried = Vec::new();
+    for i in 0..2 {
+        let mut ws = connect(gw.addr, "/chat").await;
+        let text = format!("message {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text(text));
+        drop(ws);
+        let line = gw.next_log();
+        let attempts = line["attempts"].as_array().unwrap().clone();
+        if attempts.len() > 1 {
+            retried.push(attempts);
+        }
+    }
+    assert!(!retried.is_empty(), "no handshake met the refused target");
+    use serde_json::{json, Value};
+    for attempts in retried {
+        let outcomes: Vec<_> = attempts
+            .iter()
+            .map(|a| {
+                (
+                    a["cause"].clone(),
+                    a["request_sent"].clone(),
+                    a["status"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                (json!("connection_refused"), json!(false), Value::Null),
+                (Value::Null, json!(true), json!(101)),
+            ]
+        );
+    }
 }
