@@ -8,7 +8,8 @@
 //!
 //! An upgraded connection (a WebSocket tunnel) outlives hyper's connection future, so it
 //! registers on its own ([`Tunnels::register`]): the wait counts it too, and since a tunnel has
-//! no request boundary to close at, it is told to end only when `shutdown_timeout` runs out.
+//! no request boundary to close at, it is told to end only when `shutdown_timeout` runs out (and
+//! given a moment to write its access-log line before the wait returns).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,7 +30,13 @@ struct Shared {
     connections: Mutex<Connections>,
     /// For tunnels: `true` once `shutdown_timeout` has run out and they must end.
     cut: watch::Sender<bool>,
+    /// Tunnels registered and not yet ended.
+    tunnels: watch::Sender<usize>,
 }
+
+/// How long the drain waits, after cutting tunnels, for them to end and write their access-log
+/// lines (they only drop two sockets: milliseconds; bounded in case a task is stuck).
+const CUT_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Connections {
@@ -66,6 +73,7 @@ pub struct Tunnels {
 /// One open tunnel's registration: counted by the drain until dropped.
 pub struct TunnelGuard {
     cut: watch::Receiver<bool>,
+    shared: Arc<Shared>,
     /// Never sent on; its drop is the message.
     _token: mpsc::Sender<()>,
 }
@@ -78,6 +86,7 @@ impl Default for Drain {
                 listeners: watch::channel(false).0,
                 connections: Mutex::default(),
                 cut: watch::channel(false).0,
+                tunnels: watch::channel(0).0,
             }),
             tokens,
             ended,
@@ -117,8 +126,11 @@ impl Drain {
         match tokio::time::timeout(timeout, ended.recv()).await {
             Ok(_) => 0,
             Err(_) => {
+                let open = ended.sender_strong_count();
                 shared.cut.send_replace(true);
-                ended.sender_strong_count()
+                let mut tunnels = shared.tunnels.subscribe();
+                let _ = tokio::time::timeout(CUT_GRACE, tunnels.wait_for(|n| *n == 0)).await;
+                open
             }
         }
     }
@@ -173,9 +185,12 @@ impl Tunnels {
     /// Registers a tunnel about to open; `None` once the drain has finished waiting (the
     /// gateway is exiting, so no tunnel should start).
     pub fn register(&self) -> Option<TunnelGuard> {
+        let token = self.token.upgrade()?;
+        self.shared.tunnels.send_modify(|n| *n += 1);
         Some(TunnelGuard {
-            _token: self.token.upgrade()?,
+            _token: token,
             cut: self.shared.cut.subscribe(),
+            shared: self.shared.clone(),
         })
     }
 }
@@ -184,6 +199,12 @@ impl TunnelGuard {
     /// Resolves once the tunnel must end: `shutdown_timeout` ran out (or the gateway is gone).
     pub async fn cut(&mut self) {
         let _ = self.cut.wait_for(|cut| *cut).await;
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.shared.tunnels.send_modify(|n| *n -= 1);
     }
 }
 
@@ -246,9 +267,17 @@ mod tests {
         let waited = tokio::spawn(drain.close_and_wait(Duration::from_secs(30)));
         let cut_at = tokio::spawn(async move {
             tunnel.cut().await;
-            tokio::time::Instant::now()
+            let at = tokio::time::Instant::now();
+            // The tunnel takes a moment to end (and log): the drain waits for it.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(tunnel);
+            at
         });
         assert_eq!(waited.await.unwrap(), 1, "the tunnel was still open");
+        assert!(
+            cut_at.is_finished(),
+            "the drain returned after the cut tunnel ended"
+        );
         let cut_at = cut_at.await.unwrap();
         assert_eq!(
             cut_at - start,
