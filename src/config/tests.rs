@@ -135,6 +135,8 @@ body_idle_timeout = "1h"
 max_response_header_bytes = "1MiB"
 slow_start = "0s"
 panic_threshold = 25
+outage_hold = "0s"
+outage_hold_queue = 7
 [upstream.u.health]
 type = "tcp"
 [upstream.u.passive]
@@ -196,6 +198,7 @@ failure_statuses = [500, 502]
         (u.body_idle_timeout, u.slow_start, u.panic_threshold),
         (Duration::from_secs(3600), Duration::ZERO, Some(0.25))
     );
+    assert_eq!((u.outage_hold, u.outage_hold_queue), (Duration::ZERO, 7));
     assert_eq!(
         u.health.as_ref().map(|h| &h.kind),
         Some(&HealthCheckKind::Tcp)
@@ -224,6 +227,7 @@ retries = "two" # <- error
 targets = ["127.0.0.1", "app:80"] # <- error
 protocol = "h2c" # <- error
 panic_threshold = 150 # <- error
+outage_hold = "soon" # <- error
 [upstream.app.health]
 interval = "fast" # <- error
 expected_status = "399-200" # <- error
