@@ -261,7 +261,8 @@ fn every_error_is_reported_with_its_line() {
     assert_eq!(field(6), "listener[0].colour");
     assert_eq!(field(12), "route[0].retries");
     assert_eq!(field(15), "upstream.app.protocol");
-    assert_eq!(field(23), "upstream.app.passive.typo");
+    assert_eq!(field(17), "upstream.app.outage_hold");
+    assert_eq!(field(24), "upstream.app.passive.typo");
     let protocol = errors.iter().find(|e| e.line == 15).unwrap();
     assert_eq!(protocol.column, 12);
     assert!(

@@ -64,6 +64,7 @@ pub async fn handle(
         bytes_in: 0,
         cause: None,
         retry_stop: None,
+        held: Default::default(),
         attempts: Vec::new(),
         metrics: None,
         emitted: false,
@@ -111,11 +112,13 @@ async fn forward(
     route.budget.on_request(log.start);
     let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
+    // Every attempt so far was refused before a byte was written: an outage, not a bad request.
+    let mut all_refused = true;
     // A request an attempt handed back unsent: the next attempt sends it as it is.
     let mut unsent: Option<Request<crate::body::UpstreamBody>> = None;
 
     loop {
-        let (target, in_flight) = match upstream.acquire(tried, deadline).await {
+        let (target, in_flight) = match upstream.acquire(tried, deadline, &mut log.held).await {
             Ok(picked) => picked,
             Err(err) => return fail(log, err.cause, &err.detail),
         };
@@ -167,10 +170,16 @@ async fn forward(
         route.metrics.attempt(target.index, status, cause);
 
         // A response that is not a retryable status goes straight back to the client; a failure
-        // or a retryable status asks the retry rule.
+        // or a retryable status asks the outage hold and the retry rule.
         let retryable_status = matches!(&result, Ok((resp, _))
             if route.config.retry_on_status.contains(&resp.status().as_u16()));
-        let retry_in = if result.is_err() || retryable_status {
+        all_refused &= result
+            .as_ref()
+            .err()
+            .is_some_and(retry::refused_before_send);
+        let untried = upstream.has_untried_routable(tried);
+        let hold = result.is_err() && retry::hold_instead(all_refused, untried, false);
+        let retry_in = if !hold && (result.is_err() || retryable_status) {
             let now = Instant::now();
             let input = retry::RetryInput {
                 method: &head.method,
@@ -192,6 +201,18 @@ async fn forward(
             None
         };
 
+        let hold = hold || (retry_in.is_none() && retry::hold_instead(all_refused, untried, true));
+        if hold {
+            // Every target refused: wait for one to come back (R6) rather than answer 502.
+            drop(in_flight);
+            log.retry_stop = None;
+            if let Err(err) = upstream.wait_for_return(&mut log.held, deadline).await {
+                return fail(log, err.cause, &err.detail);
+            }
+            // Each target may be tried again after the wait.
+            tried = Tried::default();
+            continue;
+        }
         match (result, retry_in) {
             (Ok((resp, conn)), None) => {
                 log.target = Some(target.addr.clone());
