@@ -112,8 +112,6 @@ async fn forward(
     route.budget.on_request(log.start);
     let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
-    // Every attempt so far was refused before a byte was written: an outage, not a bad request.
-    let mut all_refused = true;
     // A request an attempt handed back unsent: the next attempt sends it as it is.
     let mut unsent: Option<Request<crate::body::UpstreamBody>> = None;
 
@@ -173,12 +171,12 @@ async fn forward(
         // or a retryable status asks the outage hold and the retry rule.
         let retryable_status = matches!(&result, Ok((resp, _))
             if route.config.retry_on_status.contains(&resp.status().as_u16()));
-        all_refused &= result
+        let refused = result
             .as_ref()
             .err()
             .is_some_and(retry::refused_before_send);
         let untried = upstream.has_untried_routable(tried);
-        let hold = result.is_err() && retry::hold_instead(all_refused, untried, false);
+        let hold = retry::hold_instead(refused, untried, false);
         let retry_in = if !hold && (result.is_err() || retryable_status) {
             let now = Instant::now();
             let input = retry::RetryInput {
@@ -201,7 +199,7 @@ async fn forward(
             None
         };
 
-        let hold = hold || (retry_in.is_none() && retry::hold_instead(all_refused, untried, true));
+        let hold = hold || (retry_in.is_none() && retry::hold_instead(refused, untried, true));
         if hold {
             // Every target refused: wait for one to come back (R6) rather than answer 502.
             drop(in_flight);

@@ -401,20 +401,20 @@ fn refusals_before_a_byte_is_written_are_what_the_outage_hold_takes() {
 
 #[test]
 fn the_outage_hold_comes_only_after_refusals_and_when_a_retry_has_nowhere_new_to_go() {
-    // (all attempts refused, untried routable target left, retry rule stopped, hold?)
+    // (this attempt refused before send, untried routable target left, retry rule stopped, hold?)
     let cases = [
-        (true, false, false, true), // every routable target refused: hold, no budget spent
+        (true, false, false, true), // refused, every routable target tried: hold, no budget spent
         (true, true, false, false), // an untried target is left: the retry rule decides
         (true, true, true, true),   // ...and when it stops (attempts, budget): hold, not 502
-        (false, false, false, false), // something was sent or answered: never held
+        (false, false, false, false), // this attempt sent something or got an answer: no hold
         (false, true, true, false),
         (false, false, true, false),
     ];
-    for (all_refused, untried, stopped, want) in cases {
+    for (refused, untried, stopped, want) in cases {
         assert_eq!(
-            hold_instead(all_refused, untried, stopped),
+            hold_instead(refused, untried, stopped),
             want,
-            "{all_refused} {untried} {stopped}"
+            "{refused} {untried} {stopped}"
         );
     }
 }
