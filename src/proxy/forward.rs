@@ -112,6 +112,9 @@ async fn forward(
     route.budget.on_request(log.start);
     let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
+    // Attempts made before the latest outage hold: a request back from the hold starts its
+    // retries afresh (what came before was refused, nothing was sent).
+    let mut before_hold = 0;
     // A request an attempt handed back unsent: the next attempt sends it as it is.
     let mut unsent: Option<Request<crate::body::UpstreamBody>> = None;
 
@@ -154,6 +157,8 @@ async fn forward(
                 Err(progress.timeout_error(detail))
             }
         };
+        // Released from the outage hold: the next held request may go now.
+        log.held.end_turn();
         let status = result.as_ref().ok().map(|(resp, _)| resp.status());
         upstream.observe(&target, result.as_ref().err(), status);
         log.attempts.push(Attempt {
@@ -191,10 +196,10 @@ async fn forward(
                     Err(e) => retry::Outcome::Failed(e),
                 },
                 retry_on_status: &route.config.retry_on_status,
-                attempts_made: log.attempts.len() as u32,
+                attempts_made: (log.attempts.len() - before_hold) as u32,
                 max_retries: route.config.retries,
                 time_left: deadline.saturating_duration_since(now),
-                next_delay: retry::backoff(log.attempts.len() as u32, &mut rng),
+                next_delay: retry::backoff((log.attempts.len() - before_hold) as u32, &mut rng),
             };
             decide_retry(route, &input, now, &mut log)
         } else {
@@ -209,8 +214,9 @@ async fn forward(
             if let Err(err) = upstream.wait_for_return(&mut log.held, deadline).await {
                 return fail(log, err.cause, &err.detail);
             }
-            // Each target may be tried again after the wait.
+            // Each target may be tried again after the wait, with the retries of a new request.
             tried = Tried::default();
+            before_hold = log.attempts.len();
             continue;
         }
         match (result, retry_in) {

@@ -6,20 +6,34 @@
 //! gatewise starts: the wait is bounded by the upstream's `outage_hold` (counted from the first
 //! time the request was held, never past the route deadline) and by `outage_hold_queue`
 //! requests held at once; past either, the fast 503 `destination_unavailable` with `Retry-After`.
-//! Held requests wait on the upstream's health `Notify` (no polling) and, once a target is back,
-//! go through the normal pick, so `max_connections` and the wait queue pace them.
+//! Held requests wait on the upstream's health `Notify` (no polling). Once woken they leave in
+//! waves: a fair semaphore of [`RELEASE_AT_ONCE`] turns, each kept until the request's next
+//! attempt has ended, hands the backlog to a returning upstream in arrival order and a wave at a
+//! time (a restarted app with a short accept queue drops the connects of a backlog sent at once;
+//! measured with `scripts/outage-load.py`). Then they go through the normal pick, so
+//! `max_connections` and the wait queue pace them further.
 //!
-//! This file keeps the bookkeeping: [`Held`], the time one request spent held (it lives in the
-//! request's log record, so a client that hangs up mid-hold still logs how long it waited), and
-//! [`Hold`], the upstream's count of held requests and its counters.
+//! Here: [`Held`], the time one request spent held (it lives in the request's log record, so a
+//! client that hangs up mid-hold still logs how long it waited); [`Hold`], the upstream's count
+//! of held requests and its counters; and the hold's side of [`Upstream`].
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::health::active::{jittered, FAST_RECOVERY_INTERVAL};
+use super::Upstream;
+use crate::cause::{Cause, Phase, UpstreamError};
+
+/// Held requests of one upstream that may be between their wake-up and the end of their next
+/// attempt at once: a returning upstream gets the backlog in waves of this size.
+pub const RELEASE_AT_ONCE: usize = 16;
+
 /// The time one request spent in the outage hold.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 pub struct Held {
     /// When the request was first held: the `outage_hold` bound counts from here.
     first: Option<Instant>,
@@ -27,6 +41,8 @@ pub struct Held {
     since: Option<Instant>,
     /// Held time of earlier, finished holds.
     done: Duration,
+    /// This request's turn to leave the hold, kept until its next attempt ends.
+    turn: Option<OwnedSemaphorePermit>,
 }
 
 impl Held {
@@ -52,6 +68,12 @@ impl Held {
             self.done += since.elapsed();
         }
     }
+
+    /// The attempt that followed a release from the hold has ended: the next held request may
+    /// go.
+    pub fn end_turn(&mut self) {
+        self.turn = None;
+    }
 }
 
 /// Why a request was turned away from the hold.
@@ -74,12 +96,25 @@ impl HoldReject {
     }
 }
 
-/// One upstream's hold: requests held now, and counters for `/metrics`.
-#[derive(Debug, Default)]
+/// One upstream's hold: requests held now, their release turns, and counters for `/metrics`.
+#[derive(Debug)]
 pub struct Hold {
     depth: AtomicUsize,
+    /// Fair (FIFO): turns are granted in the order they were asked for.
+    release: Arc<Semaphore>,
     entered: AtomicU64,
     rejected: [AtomicU64; HoldReject::ALL.len()],
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            depth: AtomicUsize::new(0),
+            release: Arc::new(Semaphore::new(RELEASE_AT_ONCE)),
+            entered: AtomicU64::new(0),
+            rejected: Default::default(),
+        }
+    }
 }
 
 impl Hold {
@@ -122,6 +157,114 @@ pub(super) struct HoldSlot<'a>(&'a AtomicUsize);
 impl Drop for HoldSlot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Upstream {
+    /// R6 for a request whose every attempt was refused before a byte was written while targets
+    /// still look routable (the checks have not seen the crash yet): it waits in the hold for a
+    /// health change or a passing check, then tries again. Same bounds as the hold in
+    /// [`acquire`](Self::acquire).
+    pub async fn wait_for_return(
+        &self,
+        held: &mut Held,
+        deadline: Instant,
+    ) -> Result<(), UpstreamError> {
+        let changed = self.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let (slot, until) = self.enter_hold(held, deadline)?;
+        // Without active checks nothing would announce the return: try again on the
+        // fast-recovery pace instead (a refused connect costs next to nothing).
+        let retry_at = match self.config.health {
+            Some(_) => until,
+            None => (Instant::now() + jittered(FAST_RECOVERY_INTERVAL)).min(until),
+        };
+        let woken = tokio::select! {
+            () = changed => true,
+            () = tokio::time::sleep_until(retry_at) => retry_at < until,
+        };
+        if woken {
+            self.take_turn(held, until).await;
+        }
+        drop(slot);
+        held.stop();
+        if woken {
+            Ok(())
+        } else {
+            Err(self.unavailable(held, Some(HoldReject::Timeout)))
+        }
+    }
+
+    /// A place in the outage hold and when the wait ends, or the 503 when the hold is off,
+    /// full, or this request's `outage_hold` is used up.
+    pub(super) fn enter_hold(
+        &self,
+        held: &mut Held,
+        deadline: Instant,
+    ) -> Result<(HoldSlot<'_>, Instant), UpstreamError> {
+        let bound = self.config.outage_hold;
+        if bound.is_zero() {
+            return Err(self.unavailable(held, None));
+        }
+        let now = Instant::now();
+        let first_time = !held.ever();
+        let until = (held.start(now) + bound).min(deadline);
+        if until <= now {
+            held.stop();
+            return Err(self.unavailable(held, Some(HoldReject::Timeout)));
+        }
+        let Some(slot) = self
+            .hold
+            .try_enter(self.config.outage_hold_queue, first_time)
+        else {
+            held.stop();
+            return Err(self.unavailable(held, Some(HoldReject::Full)));
+        };
+        if self.hold.depth() == 1 {
+            // Requests are held: probe fast so a returning target is seen at once (H6).
+            self.update_pace();
+        }
+        Ok((slot, until))
+    }
+
+    /// Fast active checks while nothing serves: every target down, or requests held.
+    pub(super) fn update_pace(&self) {
+        self.pace
+            .set_hurry(self.hold.depth() > 0 || !self.has_routable_target());
+    }
+
+    /// The fast 503: no target, after the hold (`why`) or with the hold off (`None`).
+    pub(super) fn unavailable(&self, held: &Held, why: Option<HoldReject>) -> UpstreamError {
+        let mut detail = format!("{}: no healthy target", self.name);
+        if self.never_healthy() {
+            detail.push_str(": it has never been healthy (no target passed a check since start)");
+            if !self.warned_never_healthy.swap(true, Ordering::Relaxed) {
+                tracing::warn!(upstream = %self.name, "upstream has never been healthy: requests wait up to outage_hold, then get 503");
+            }
+        }
+        if let Some(why) = why {
+            self.hold.reject(why);
+            let ms = held.total().as_millis();
+            match why {
+                HoldReject::Timeout => detail.push_str(&format!("; held {ms}ms")),
+                HoldReject::Full => detail.push_str(&format!(
+                    "; outage hold full ({} requests held)",
+                    self.config.outage_hold_queue
+                )),
+            }
+        }
+        UpstreamError::before_send(Cause::DestinationUnavailable, Phase::Queue, detail)
+    }
+
+    /// Waits (never past `until`) for this held request's turn to leave the hold.
+    pub(super) async fn take_turn(&self, held: &mut Held, until: Instant) {
+        if held.turn.is_none() {
+            let turn = self.hold.release.clone().acquire_owned();
+            if let Ok(Ok(turn)) = tokio::time::timeout_at(until, turn).await {
+                held.turn = Some(turn);
+            }
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use crate::cause::{Cause, Phase, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::observe::metrics::{QueueReject, UpstreamCounters};
 use balancer::{Balancer, Candidate, Tried};
-use health::active::{Pace, FAST_RECOVERY_INTERVAL};
+use health::active::Pace;
 use health::passive;
 use health::pool_rules::{may_eject, panic_mode};
 use health::state::{Policy, State, TargetHealth};
@@ -192,6 +192,7 @@ impl Upstream {
                 }
                 Pick::NoneRoutable => {
                     queue = None;
+                    held.end_turn();
                     if hold.is_none() {
                         hold = Some(self.enter_hold(held, deadline)?);
                     }
@@ -199,7 +200,12 @@ impl Upstream {
                 }
             };
             tokio::select! {
-                () = &mut changed => {}
+                () = &mut changed => {
+                    if let Some((_, until)) = &hold {
+                        // Leaving the hold: in arrival order, a wave at a time.
+                        self.take_turn(held, *until).await;
+                    }
+                }
                 () = tokio::time::sleep_until(wait_until) => {
                     return Err(match self.try_pick(tried) {
                         Pick::Got(target, slot) => return Ok((target, slot)),
@@ -272,76 +278,6 @@ impl Upstream {
         }
     }
 
-    /// R6 for a request whose every attempt was refused before a byte was written while targets
-    /// still look routable (the checks have not seen the crash yet): it waits in the hold for a
-    /// health change or a passing check, then tries again. Same bounds as the hold in
-    /// [`acquire`](Self::acquire).
-    pub async fn wait_for_return(
-        &self,
-        held: &mut Held,
-        deadline: Instant,
-    ) -> Result<(), UpstreamError> {
-        let changed = self.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        let (slot, until) = self.enter_hold(held, deadline)?;
-        // Without active checks nothing would announce the return: try again on the
-        // fast-recovery pace instead (a refused connect costs next to nothing).
-        let retry_at = match self.config.health {
-            Some(_) => until,
-            None => (Instant::now() + health::active::jittered(FAST_RECOVERY_INTERVAL)).min(until),
-        };
-        let woken = tokio::select! {
-            () = changed => true,
-            () = tokio::time::sleep_until(retry_at) => retry_at < until,
-        };
-        drop(slot);
-        held.stop();
-        if woken {
-            Ok(())
-        } else {
-            Err(self.unavailable(held, Some(HoldReject::Timeout)))
-        }
-    }
-
-    /// A place in the outage hold and when the wait ends, or the 503 when the hold is off,
-    /// full, or this request's `outage_hold` is used up.
-    fn enter_hold(
-        &self,
-        held: &mut Held,
-        deadline: Instant,
-    ) -> Result<(hold::HoldSlot<'_>, Instant), UpstreamError> {
-        let bound = self.config.outage_hold;
-        if bound.is_zero() {
-            return Err(self.unavailable(held, None));
-        }
-        let now = Instant::now();
-        let first_time = !held.ever();
-        let until = (held.start(now) + bound).min(deadline);
-        if until <= now {
-            held.stop();
-            return Err(self.unavailable(held, Some(HoldReject::Timeout)));
-        }
-        let Some(slot) = self
-            .hold
-            .try_enter(self.config.outage_hold_queue, first_time)
-        else {
-            held.stop();
-            return Err(self.unavailable(held, Some(HoldReject::Full)));
-        };
-        if self.hold.depth() == 1 {
-            // Requests are held: probe fast so a returning target is seen at once (H6).
-            self.update_pace();
-        }
-        Ok((slot, until))
-    }
-
-    /// Fast active checks while nothing serves: every target down, or requests held.
-    fn update_pace(&self) {
-        self.pace
-            .set_hurry(self.hold.depth() > 0 || !self.has_routable_target());
-    }
-
     /// Has the pool had a routable target for longer than one check interval? Until then a
     /// target passing its first check starts at full weight (cold start); afterwards it ramps.
     fn warm(&self, now: Instant) -> bool {
@@ -368,29 +304,6 @@ impl Upstream {
             why.as_str()
         );
         UpstreamError::before_send(Cause::ConnectionLimitReached, Phase::Queue, detail)
-    }
-
-    /// The fast 503: no target, after the hold (`why`) or with the hold off (`None`).
-    fn unavailable(&self, held: &Held, why: Option<HoldReject>) -> UpstreamError {
-        let mut detail = format!("{}: no healthy target", self.name);
-        if self.never_healthy() {
-            detail.push_str(": it has never been healthy (no target passed a check since start)");
-            if !self.warned_never_healthy.swap(true, Ordering::Relaxed) {
-                tracing::warn!(upstream = %self.name, "upstream has never been healthy: requests wait up to outage_hold, then get 503");
-            }
-        }
-        if let Some(why) = why {
-            self.hold.reject(why);
-            let ms = held.total().as_millis();
-            match why {
-                HoldReject::Timeout => detail.push_str(&format!("; held {ms}ms")),
-                HoldReject::Full => detail.push_str(&format!(
-                    "; outage hold full ({} requests held)",
-                    self.config.outage_hold_queue
-                )),
-            }
-        }
-        UpstreamError::before_send(Cause::DestinationUnavailable, Phase::Queue, detail)
     }
 
     /// Passive health: what one attempt on `target` says about it.
