@@ -180,9 +180,10 @@ async fn forward(
             .as_ref()
             .err()
             .is_some_and(retry::refused_before_send);
-        let untried = upstream.has_untried_routable(tried);
         // With `outage_hold = "0s"` a refusal stays the 502 that names it.
         let refused = refused && !upstream.config.outage_hold.is_zero();
+        // Only a refusal needs to know (this walks the targets).
+        let untried = refused && upstream.has_untried_routable(tried);
         let hold = retry::hold_instead(refused, untried, false);
         let retry_in = if !hold && (result.is_err() || retryable_status) {
             let now = Instant::now();

@@ -373,3 +373,29 @@ async fn two_targets_passing_first_checks_together_share_the_first_100_requests_
     assert_eq!(a + b, 100);
     assert!((40..=60).contains(&a), "shares {a} / {b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_requests_reach_a_returning_upstream_in_waves_not_all_at_once() {
+    use gatewise::upstream::hold::RELEASE_AT_ONCE;
+    let nodes = fleet(1).await;
+    nodes[0].kill().await;
+    nodes[0].set_delay(Duration::from_millis(100));
+    let gw = support::start(config_for(&nodes, health(1000, 2, 2))).await;
+    let backlog = 3 * RELEASE_AT_ONCE;
+    let held: Vec<_> = (0..backlog)
+        .map(|_| {
+            let (c, url) = (client(), gw.url("/"));
+            tokio::spawn(async move { get(&c, &url).await.0.status })
+        })
+        .collect();
+    until_held(&gw, backlog as u64).await;
+    nodes[0].restart(READY).await;
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200, "every held request is served");
+    }
+    let most = nodes[0].counters.max_concurrent.load(Ordering::SeqCst);
+    assert!(
+        (2..=RELEASE_AT_ONCE).contains(&most),
+        "the backlog of {backlog} came in waves of at most {RELEASE_AT_ONCE}: {most} at once"
+    );
+}
