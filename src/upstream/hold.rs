@@ -8,8 +8,9 @@
 //! requests held at once; past either, the fast 503 `destination_unavailable` with `Retry-After`.
 //! Held requests wait on the upstream's health `Notify` (no polling). Once woken they leave in
 //! waves: a fair semaphore of [`RELEASE_AT_ONCE`] turns, each kept until the request's next
-//! attempt has ended, hands the backlog to a returning upstream in arrival order and a wave at a
-//! time (a restarted app with a short accept queue drops the connects of a backlog sent at once;
+//! attempt has ended, hands the backlog to a returning upstream in arrival order (tokio's
+//! `Notify` wakes its oldest waiter first, the semaphore grants turns in the order asked) and a
+//! wave at a time (a restarted app with a short accept queue drops the connects of a backlog sent at once;
 //! measured with `scripts/outage-load.py`). Then they go through the normal pick, so
 //! `max_connections` and the wait queue pace them further.
 //!
