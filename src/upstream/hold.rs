@@ -10,9 +10,9 @@
 //! waves: a fair semaphore of [`RELEASE_AT_ONCE`] turns, each kept until the request's next
 //! attempt has ended, hands the backlog to a returning upstream in arrival order (tokio's
 //! `Notify` wakes its oldest waiter first, the semaphore grants turns in the order asked) and a
-//! wave at a time (a restarted app with a short accept queue drops the connects of a backlog sent at once;
-//! measured with `scripts/outage-load.py`). Then they go through the normal pick, so
-//! `max_connections` and the wait queue pace them further.
+//! wave at a time: a restarted app with a short accept queue drops the connects of a backlog
+//! sent at once (measured with `scripts/outage-load.py`). Then they go through the normal pick,
+//! so `max_connections` and the wait queue pace them further.
 //!
 //! Here: [`Held`], the time one request spent held (it lives in the request's log record, so a
 //! client that hangs up mid-hold still logs how long it waited); [`Hold`], the upstream's count
@@ -222,7 +222,7 @@ impl Upstream {
             held.stop();
             return Err(self.unavailable(held, Some(HoldReject::Full)));
         };
-        if self.hold.depth() == 1 {
+        if !self.pace.hurrying() {
             // Requests are held: probe fast so a returning target is seen at once (H6).
             self.update_pace();
         }
