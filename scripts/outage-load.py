@@ -17,7 +17,10 @@ same ports. The load goes on for AFTER seconds more. Prints:
 Loopback only, bounded in time (~WARM + OUTAGE + AFTER + 15 s). Exit 1 if a request failed
 that was not in flight on a killed upstream (the access log says whether its bytes were sent).
 
+`--outage-hold 0s` turns the hold off, for comparison (fast 503s and 502s during the outage).
+
 usage: scripts/outage-load.py [path/to/gatewise] [--rate 100] [--warm 3] [--outage 3] [--after 3]
+                              [--outage-hold 10s]
 """
 import argparse, collections, http.client, http.server, json, os, signal, socket, subprocess
 import sys, tempfile, threading, time
@@ -62,6 +65,7 @@ def main():
     ap.add_argument("--warm", type=float, default=3.0)
     ap.add_argument("--outage", type=float, default=3.0)
     ap.add_argument("--after", type=float, default=3.0)
+    ap.add_argument("--outage-hold", default="10s")
     ap.add_argument("--serve", type=int)
     a = ap.parse_args()
     if a.serve:
@@ -85,6 +89,7 @@ listen = "127.0.0.1:{gw_port}"
 upstream = "app"
 [upstream.app]
 targets = [{targets}]
+outage_hold = "{a.outage_hold}"
 [upstream.app.health]
 path = "/health"
 ''')
@@ -157,7 +162,7 @@ path = "/health"
         except OSError: pass
         hold_lines = [l for l in metrics.splitlines() if l.startswith(("gatewise_held_requests_total", "gatewise_hold_rejections_total"))]
 
-        print(f"sent {sent} requests at {a.rate:.0f}/s (GET/POST alternating); every upstream killed "
+        print(f"outage_hold = {a.outage_hold}: sent {sent} requests at {a.rate:.0f}/s (GET/POST alternating); every upstream killed "
               f"{a.warm:.1f}s in (SIGKILL); the first listened again {up_at - killed_at:.2f}s later, "
               f"the last {all_up_at - killed_at:.2f}s later (same ports)")
         for k, v in sorted(counts.items()): print(f"  {k}: {v}")
