@@ -8,8 +8,9 @@
 //!
 //! Rules (each one a deliberate choice, tested in `state_tests.rs`):
 //! - With an active check, a target starts `Unhealthy`; the first passing check ever makes it
-//!   routable at once (startup waits for it, H4). `rise` applies only to recovery after `fall`
-//!   failed checks took it down. Without an active check a target starts `Healthy`.
+//!   routable at once (requests held at startup wait for it, H4/R6). `rise` applies only to
+//!   recovery after `fall` failed checks took it down. Without an active check a target starts
+//!   `Healthy`.
 //! - Precedence when several facts hold: `Draining` > `Unhealthy` > `Ejected` > `Starting` >
 //!   `Healthy`. Facts keep being tracked underneath, so e.g. an ejected target that also fails
 //!   its checks shows `Unhealthy`, and shows `Ejected` again if checks recover first.
