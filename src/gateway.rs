@@ -40,8 +40,13 @@ impl Shared {
             .iter()
             .find(|r| !r.upstream.has_routable_target())
             .map(|r| {
+                let never = if r.upstream.never_healthy() {
+                    " (it has never been healthy since start)"
+                } else {
+                    ""
+                };
                 format!(
-                    "route {} has no healthy target in {}",
+                    "route {} has no healthy target in {}{never}",
                     r.name, r.upstream.name
                 )
             })

@@ -87,6 +87,8 @@ pub struct RawUpstream {
     pub max_response_header_bytes: Option<Spanned<IntOrStr>>,
     pub slow_start: Option<Str>,
     pub panic_threshold: Option<Spanned<f64>>,
+    pub outage_hold: Option<Str>,
+    pub outage_hold_queue: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -145,6 +145,11 @@ pub struct UpstreamConfig {
     pub slow_start: Duration,
     /// Below this fraction of healthy targets, balance over all of them; `None` means off.
     pub panic_threshold: Option<f64>,
+    /// Outage hold (R6): how long a request may wait for a target to come back when none can
+    /// take it (never past the route deadline); zero answers 503 at once.
+    pub outage_hold: Duration,
+    /// Requests held at once per upstream; more are answered 503 at once.
+    pub outage_hold_queue: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -214,6 +219,8 @@ pub mod defaults {
     pub const MAX_EJECTION: Duration = Duration::from_secs(300);
     pub const MAX_EJECTED_PERCENT: u32 = 50;
     pub const SLOW_START: Duration = Duration::from_secs(10);
+    pub const OUTAGE_HOLD: Duration = Duration::from_secs(10);
+    pub const OUTAGE_HOLD_QUEUE: usize = 4096;
 }
 
 /// Reads and validates a config file.
@@ -273,6 +280,8 @@ impl UpstreamConfig {
             passive: PassiveConfig::default(),
             slow_start: defaults::SLOW_START,
             panic_threshold: None,
+            outage_hold: defaults::OUTAGE_HOLD,
+            outage_hold_queue: defaults::OUTAGE_HOLD_QUEUE,
         }
     }
 }

@@ -136,6 +136,8 @@ body_idle_timeout = "1h"
 max_response_header_bytes = "1MiB"
 slow_start = "0s"
 panic_threshold = 25
+outage_hold = "0s"
+outage_hold_queue = 7
 [upstream.u.health]
 type = "tcp"
 [upstream.u.passive]
@@ -198,6 +200,7 @@ failure_statuses = [500, 502]
         (u.body_idle_timeout, u.slow_start, u.panic_threshold),
         (Duration::from_secs(3600), Duration::ZERO, Some(0.25))
     );
+    assert_eq!((u.outage_hold, u.outage_hold_queue), (Duration::ZERO, 7));
     assert_eq!(
         u.health.as_ref().map(|h| &h.kind),
         Some(&HealthCheckKind::Tcp)
@@ -226,6 +229,7 @@ retries = "two" # <- error
 targets = ["127.0.0.1", "app:80"] # <- error
 protocol = "h2c" # <- error
 panic_threshold = 150 # <- error
+outage_hold = "soon" # <- error
 [upstream.app.health]
 interval = "fast" # <- error
 expected_status = "399-200" # <- error
@@ -259,7 +263,8 @@ fn every_error_is_reported_with_its_line() {
     assert_eq!(field(6), "listener[0].colour");
     assert_eq!(field(12), "route[0].retries");
     assert_eq!(field(15), "upstream.app.protocol");
-    assert_eq!(field(23), "upstream.app.passive.typo");
+    assert_eq!(field(17), "upstream.app.outage_hold");
+    assert_eq!(field(24), "upstream.app.passive.typo");
     let protocol = errors.iter().find(|e| e.line == 15).unwrap();
     assert_eq!(protocol.column, 12);
     assert!(

@@ -58,6 +58,8 @@ pub(super) fn upstream_config(
         max_response_header_bytes,
         slow_start,
         panic_threshold,
+        outage_hold,
+        outage_hold_queue,
     } = body;
     let f = |key: &str| format!("{field}.{key}");
     let targets = match targets {
@@ -176,6 +178,8 @@ pub(super) fn upstream_config(
             cx.check(percent_threshold(*p.get_ref()), span, &f("panic_threshold"))
                 .flatten()
         }),
+        outage_hold: cx.duration(outage_hold, &f("outage_hold"), defaults::OUTAGE_HOLD, false),
+        outage_hold_queue: outage_hold_queue.unwrap_or(defaults::OUTAGE_HOLD_QUEUE),
     };
     name_ok.then(|| (name.into_inner(), config))
 }

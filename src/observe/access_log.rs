@@ -53,6 +53,9 @@ pub struct Record<'a> {
     pub cause: Option<Cause>,
     /// Why the request stopped retrying, when it failed after an attempt (e.g. `budget_exhausted`).
     pub retry_stop: Option<&'static str>,
+    /// Time the request waited in the outage hold for a target to come back (0 when not held).
+    #[serde(serialize_with = "as_millis")]
+    pub held_ms: Duration,
     /// The response body did not reach the client in full (client gone or upstream cut it).
     pub incomplete: bool,
     pub attempts: &'a [Attempt],
@@ -263,6 +266,7 @@ mod tests {
             bytes_out: 0,
             cause: None,
             retry_stop: None,
+            held_ms: Duration::ZERO,
             incomplete: false,
             attempts: &[],
             tunnel: None,

@@ -60,7 +60,12 @@ fn status_json(shared: &Shared) -> String {
                     })
                 })
                 .collect();
-            (name.clone(), serde_json::json!({ "targets": targets }))
+            let upstream = serde_json::json!({
+                "targets": targets,
+                "held": up.hold.depth(),
+                "never_healthy": up.never_healthy(),
+            });
+            (name.clone(), upstream)
         })
         .collect();
     let ready = shared.not_ready();

@@ -67,6 +67,7 @@ pub async fn handle(
         bytes_in: 0,
         cause: None,
         retry_stop: None,
+        held: Default::default(),
         attempts: Vec::new(),
         metrics: None,
         emitted: false,
@@ -126,11 +127,14 @@ async fn forward(
     route.budget.on_request(log.start);
     let mut rng = fastrand::Rng::new();
     let mut tried = Tried::default();
+    // Attempts made before the latest outage hold: a request back from the hold starts its
+    // retries afresh (what came before was refused, nothing was sent).
+    let mut before_hold = 0;
     // A request an attempt handed back unsent: the next attempt sends it as it is.
     let mut unsent: Option<Request<crate::body::UpstreamBody>> = None;
 
     loop {
-        let (target, in_flight) = match upstream.acquire(tried, deadline).await {
+        let (target, in_flight) = match upstream.acquire(tried, deadline, &mut log.held).await {
             Ok(picked) => picked,
             Err(err) => return fail(log, err.cause, &err.detail),
         };
@@ -168,6 +172,8 @@ async fn forward(
                 Err(progress.timeout_error(detail))
             }
         };
+        // Released from the outage hold: the next held request may go now.
+        log.held.end_turn();
         let status = result.as_ref().ok().map(|(resp, _)| resp.status());
         upstream.observe(&target, result.as_ref().err(), status);
         log.attempts.push(Attempt {
@@ -182,10 +188,19 @@ async fn forward(
         route.metrics.attempt(target.index, status, cause);
 
         // A response that is not a retryable status goes straight back to the client; a failure
-        // or a retryable status asks the retry rule.
+        // or a retryable status asks the outage hold and the retry rule.
         let retryable_status = matches!(&result, Ok((resp, _))
             if route.config.retry_on_status.contains(&resp.status().as_u16()));
-        let retry_in = if result.is_err() || retryable_status {
+        let refused = result
+            .as_ref()
+            .err()
+            .is_some_and(retry::refused_before_send);
+        // With `outage_hold = "0s"` a refusal stays the 502 that names it.
+        let refused = refused && !upstream.config.outage_hold.is_zero();
+        // Only a refusal needs to know (this walks the targets).
+        let untried = refused && upstream.has_untried_routable(tried);
+        let hold = retry::hold_instead(refused, untried, false);
+        let retry_in = if !hold && (result.is_err() || retryable_status) {
             let now = Instant::now();
             let input = retry::RetryInput {
                 method: &head.method,
@@ -197,16 +212,29 @@ async fn forward(
                     Err(e) => retry::Outcome::Failed(e),
                 },
                 retry_on_status: &route.config.retry_on_status,
-                attempts_made: log.attempts.len() as u32,
+                attempts_made: (log.attempts.len() - before_hold) as u32,
                 max_retries: route.config.retries,
                 time_left: deadline.saturating_duration_since(now),
-                next_delay: retry::backoff(log.attempts.len() as u32, &mut rng),
+                next_delay: retry::backoff((log.attempts.len() - before_hold) as u32, &mut rng),
             };
             decide_retry(route, &input, now, &mut log)
         } else {
             None
         };
 
+        let hold = hold || (retry_in.is_none() && retry::hold_instead(refused, untried, true));
+        if hold {
+            // Every target refused: wait for one to come back (R6) rather than answer 502.
+            drop(in_flight);
+            log.retry_stop = None;
+            if let Err(err) = upstream.wait_for_return(&mut log.held, deadline).await {
+                return fail(log, err.cause, &err.detail);
+            }
+            // Each target may be tried again after the wait, with the retries of a new request.
+            tried = Tried::default();
+            before_hold = log.attempts.len();
+            continue;
+        }
         match (result, retry_in) {
             (Ok((resp, conn)), None) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 log.target = Some(target.addr.clone());

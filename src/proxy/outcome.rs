@@ -12,6 +12,7 @@ use super::relay::BodyEnd;
 use crate::cause::{Cause, Phase, UpstreamError};
 use crate::observe::access_log::{AccessLog, Attempt, Record};
 use crate::observe::metrics::RouteMetrics;
+use crate::upstream::hold::Held;
 use crate::upstream::pool::Conn;
 use crate::upstream::{InFlight, Target, Upstream};
 
@@ -31,6 +32,8 @@ pub struct RequestLog {
     pub bytes_in: u64,
     pub cause: Option<Cause>,
     pub retry_stop: Option<&'static str>,
+    /// Time spent in the outage hold (R6), the current hold included.
+    pub held: Held,
     pub attempts: Vec<Attempt>,
     /// The route's metric handles (the unrouted ones before a route matched).
     pub metrics: Option<Arc<RouteMetrics>>,
@@ -107,6 +110,7 @@ impl RequestLog {
             bytes_out,
             cause,
             retry_stop: self.retry_stop,
+            held_ms: self.held.total(),
             incomplete: end != BodyEnd::Complete,
             attempts: &self.attempts,
             tunnel: self.tunnel.map(|t| crate::observe::access_log::Tunnel {

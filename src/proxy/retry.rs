@@ -19,7 +19,7 @@ use std::time::Duration;
 use http::{HeaderMap, Method, StatusCode};
 use tokio::time::Instant;
 
-use crate::cause::{Cause, UpstreamError};
+use crate::cause::{Cause, Phase, UpstreamError};
 
 mod backoff;
 mod budget;
@@ -183,6 +183,35 @@ fn cause_never_retried(cause: Cause) -> bool {
             | Cause::HttpUpgradeFailed
             | Cause::HttpResponseHeaderSectionSize
     )
+}
+
+/// An attempt that failed because nothing took the connection — refused, reset or a failed TLS
+/// handshake while connecting — before a byte of the request was written. During a crash or a
+/// restart every attempt looks like this; nothing was sent, so holding it is safe for any method.
+pub fn refused_before_send(err: &UpstreamError) -> bool {
+    !err.request_sent
+        && err.phase == Phase::Connect
+        && matches!(
+            err.cause,
+            Cause::ConnectionRefused | Cause::ConnectionTerminated | Cause::TlsProtocolError
+        )
+}
+
+/// The outage hold (R6), decided beside the retry rule: after a failed attempt, should the
+/// request wait for a target to come back instead of retrying or failing?
+///
+/// Only when the attempt that just failed was [`refused_before_send`] (`refused`): then the
+/// pool is down rather than this request bad, and a 502 would turn a restart into errors.
+/// Holding it is safe: this attempt sent nothing, and an earlier attempt was only followed by
+/// another because the retry rule found repeating the request safe (so a GET cut on a
+/// connection to a target that was just killed, then refused everywhere, is held too; a POST
+/// cut after being written never gets here). And only once a retry has nothing better to
+/// offer: no routable target is left untried, or the retry rule said stop (`retry_stopped`:
+/// attempts or budget used up). The forwarding loop asks before the retry rule (so no budget
+/// is spent on a retry that could only go back to a refusing target), and again after the rule
+/// refused.
+pub fn hold_instead(refused: bool, untried_routable: bool, retry_stopped: bool) -> bool {
+    refused && (!untried_routable || retry_stopped)
 }
 
 /// The retry rule, without the budget. Pure: same input, same answer.

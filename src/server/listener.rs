@@ -122,6 +122,7 @@ fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper::Error) {
         bytes_out: 0,
         cause: Some(Cause::HttpRequestError),
         retry_stop: None,
+        held_ms: Duration::ZERO,
         incomplete: false,
         attempts: &[],
         tunnel: None,

@@ -3,17 +3,19 @@
 //! [`Upstream::acquire`] is where a request gets a target: among the targets that may take
 //! traffic (health, slow-start weight, panic mode) and have a free slot (`max_connections`), the
 //! balancer picks one, preferring targets this request has not tried. When none can be had, the
-//! request waits — in the bounded queue while targets are merely busy, or for the first health
-//! answer while no target has ever been healthy — and otherwise fails fast with a 503 cause, never hangs.
+//! request waits — in the bounded queue while targets are merely busy, in the outage hold
+//! (`hold.rs`) while no target is routable — and past those bounds fails fast with a 503 cause,
+//! never hangs.
 
 pub mod balancer;
 pub mod health;
+pub mod hold;
 pub mod io;
 pub mod pool;
 mod target;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -22,9 +24,11 @@ use crate::cause::{Cause, Phase, UpstreamError};
 use crate::config::UpstreamConfig;
 use crate::observe::metrics::{QueueReject, UpstreamCounters};
 use balancer::{Balancer, Candidate, Tried};
+use health::active::Pace;
 use health::passive;
 use health::pool_rules::{may_eject, panic_mode};
 use health::state::{Policy, State, TargetHealth};
+use hold::{Held, Hold, HoldReject};
 use pool::PoolSettings;
 pub use target::{InFlight, Target};
 
@@ -40,9 +44,18 @@ pub struct Upstream {
     queued: AtomicUsize,
     /// Serialises passive-health decisions that may eject a target.
     eject_lock: std::sync::Mutex<()>,
-    /// Some target has been routable since start. Until then requests wait for the first one
-    /// (startup gating); afterwards "no target" is a fast 503.
+    /// Some target has been routable since start; until then `/ready` and the 503s say the
+    /// upstream has never been healthy.
     ever_routable: AtomicBool,
+    /// When a target first became routable: targets passing their first check within one check
+    /// interval of it start at full weight with it (cold start); later ones ramp.
+    routable_since: OnceLock<Instant>,
+    /// "Never healthy" is logged once, at the first request it turns away.
+    warned_never_healthy: AtomicBool,
+    /// Requests waiting for a target to come back (R6).
+    pub hold: Hold,
+    /// How often active checks run now: faster while nothing serves (H6).
+    pace: Arc<Pace>,
     /// Queue rejections, for `/metrics`.
     pub counters: UpstreamCounters,
 }
@@ -81,9 +94,21 @@ impl Upstream {
                 ))
             })
             .collect::<Vec<Arc<Target>>>();
-        let ever_routable = AtomicBool::new(targets.iter().any(|t| t.routable()));
+        let ever_routable = targets.iter().any(|t| t.routable());
+        let routable_since = OnceLock::new();
+        if ever_routable {
+            let _ = routable_since.set(Instant::now());
+        }
+        let interval = config
+            .health
+            .as_ref()
+            .map_or(crate::config::defaults::HEALTH_INTERVAL, |h| h.interval);
         Self {
-            ever_routable,
+            ever_routable: AtomicBool::new(ever_routable),
+            routable_since,
+            warned_never_healthy: AtomicBool::new(false),
+            hold: Hold::default(),
+            pace: Arc::new(Pace::new(interval)),
             name: Arc::from(name),
             balancer: Balancer::new(config.balance),
             config,
@@ -105,19 +130,44 @@ impl Upstream {
         self.targets.iter().any(|t| t.routable())
     }
 
+    /// Whether no target has been routable since start (the app was never up).
+    pub fn never_healthy(&self) -> bool {
+        !self.ever_routable.load(Ordering::Relaxed)
+    }
+
+    /// Whether some routable target is not in `tried`: a retry could go somewhere new.
+    pub fn has_untried_routable(&self, tried: Tried) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.routable() && !tried.contains(t.index))
+    }
+
     /// A target and an in-flight slot on it for the next attempt, preferring targets not in
-    /// `tried`. Waits while targets are busy (queue) or health is not yet known (startup), never
-    /// past `deadline`.
+    /// `tried`. Waits while targets are busy (queue) or none is routable (outage hold, adding
+    /// to `held`), never past `deadline`.
     pub async fn acquire(
         &self,
         tried: Tried,
         deadline: Instant,
+        held: &mut Held,
     ) -> Result<(Arc<Target>, InFlight), UpstreamError> {
         // The common case takes a target at once, without registering as a waiter.
         if let Pick::Got(target, slot) = self.try_pick(tried) {
             return Ok((target, slot));
         }
+        let got = self.acquire_waiting(tried, deadline, held).await;
+        held.stop();
+        got
+    }
+
+    async fn acquire_waiting(
+        &self,
+        tried: Tried,
+        deadline: Instant,
+        held: &mut Held,
+    ) -> Result<(Arc<Target>, InFlight), UpstreamError> {
         let mut queue: Option<(QueueSlot<'_>, Instant)> = None;
+        let mut hold: Option<(hold::HoldSlot<'_>, Instant)> = None;
         loop {
             // Registered before looking, so a change between the look and the wait is not missed.
             let changed = self.changed.notified();
@@ -126,6 +176,10 @@ impl Upstream {
             let wait_until = match self.try_pick(tried) {
                 Pick::Got(target, slot) => return Ok((target, slot)),
                 Pick::Saturated => {
+                    // Back from an outage: a held request now waits for a slot like any other,
+                    // so `max_connections` and the queue pace the backlog.
+                    hold = None;
+                    held.stop();
                     if queue.is_none() {
                         let slot = self
                             .enter_queue()
@@ -136,16 +190,31 @@ impl Upstream {
                         .as_ref()
                         .map_or(deadline, |(_, until)| (*until).min(deadline))
                 }
-                Pick::NoneRoutable if !self.ever_routable.load(Ordering::Relaxed) => deadline,
-                Pick::NoneRoutable => return Err(self.unavailable()),
+                Pick::NoneRoutable => {
+                    queue = None;
+                    held.end_turn();
+                    if hold.is_none() {
+                        hold = Some(self.enter_hold(held, deadline)?);
+                    }
+                    hold.as_ref().map_or(deadline, |(_, until)| *until)
+                }
             };
             tokio::select! {
-                () = &mut changed => {}
+                () = &mut changed => {
+                    if let Some((_, until)) = &hold {
+                        // Leaving the hold: in arrival order, a wave at a time.
+                        self.take_turn(held, *until).await;
+                    }
+                }
                 () = tokio::time::sleep_until(wait_until) => {
                     return Err(match self.try_pick(tried) {
                         Pick::Got(target, slot) => return Ok((target, slot)),
                         Pick::Saturated => self.limit_error(QueueReject::Timeout),
-                        Pick::NoneRoutable => self.unavailable(),
+                        Pick::NoneRoutable => {
+                            drop(hold);
+                            held.stop();
+                            self.unavailable(held, Some(HoldReject::Timeout))
+                        }
                     });
                 }
             }
@@ -156,7 +225,7 @@ impl Upstream {
         let now = Instant::now();
         let healthy = self.targets.iter().filter(|t| t.routable()).count();
         // Panic mode spreads load when few targets are healthy; with none healthy (or none ever
-        // healthy yet) it does not apply: that is a fast 503, or the startup wait.
+        // healthy yet) it does not apply: that is the outage hold.
         let panic =
             healthy > 0 && panic_mode(healthy, self.targets.len(), self.config.panic_threshold);
         let mut saturated = false;
@@ -209,6 +278,14 @@ impl Upstream {
         }
     }
 
+    /// Has the pool had a routable target for longer than one check interval? Until then a
+    /// target passing its first check starts at full weight (cold start); afterwards it ramps.
+    fn warm(&self, now: Instant) -> bool {
+        self.routable_since
+            .get()
+            .is_some_and(|since| now >= *since + self.pace.normal())
+    }
+
     fn enter_queue(&self) -> Option<QueueSlot<'_>> {
         let size = self.config.queue_size;
         self.queued
@@ -227,11 +304,6 @@ impl Upstream {
             why.as_str()
         );
         UpstreamError::before_send(Cause::ConnectionLimitReached, Phase::Queue, detail)
-    }
-
-    fn unavailable(&self) -> UpstreamError {
-        let detail = format!("{}: no healthy target", self.name);
-        UpstreamError::before_send(Cause::DestinationUnavailable, Phase::Queue, detail)
     }
 
     /// Passive health: what one attempt on `target` says about it.
@@ -274,23 +346,35 @@ impl Upstream {
             // The first check of each target is worth a line when it fails: a target that is
             // down from the start has no transition to log, and would otherwise be silent.
             let first: Vec<AtomicBool> = addrs.iter().map(|_| AtomicBool::new(true)).collect();
-            tokio::spawn(health::active::run_checks(addrs, cfg, move |i, outcome| {
+            let pace = self.pace.clone();
+            let prober = health::active::ConfiguredProbe(cfg);
+            tokio::spawn(health::active::run_checks_paced(addrs, pace, prober, move |i, outcome| {
                 let target = &me.targets[i];
                 let first_result = first[i].swap(false, Ordering::Relaxed);
                 if !outcome.ok && first_result {
-                    tracing::warn!(target = %target.addr, detail = %outcome.detail, "first health check failed; no traffic to this target until one passes");
+                    tracing::warn!(upstream = %me.name, target = %target.addr, detail = %outcome.detail, "first health check failed; no traffic to this target until one passes");
                 } else if !outcome.ok {
                     tracing::debug!(target = %target.addr, detail = %outcome.detail, "health check failed");
                 }
-                // A target that becomes ready while others serve ramps up (slow start).
+                let now = Instant::now();
                 let others_serve = me.targets.iter().any(|t| t.index != i && t.routable());
                 target.observe(|h| {
-                    h.set_ramp_first(others_serve);
-                    h.active_check(outcome.ok, Instant::now())
+                    // Slow start only for a target joining a pool that already serves; with
+                    // nothing else serving, one pass brings it back at full weight (H6).
+                    h.set_ramp_first(others_serve && me.warm(now));
+                    h.set_pool_down(!others_serve);
+                    h.active_check(outcome.ok, now)
                 });
                 if target.routable() {
                     me.ever_routable.store(true, Ordering::Relaxed);
+                    let _ = me.routable_since.set(now);
                 }
+                if outcome.ok && me.hold.depth() > 0 {
+                    // Requests held after every target refused them: this target answers
+                    // again, let them try (no transition may come: it never looked down).
+                    me.changed.notify_waiters();
+                }
+                me.update_pace();
             }))
         });
         let _abort_checks = AbortOnDrop(checks);
@@ -310,6 +394,7 @@ impl Upstream {
             for t in &self.targets {
                 t.observe(|h| h.tick(now));
             }
+            self.update_pace();
         }
     }
 }

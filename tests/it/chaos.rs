@@ -252,7 +252,9 @@ async fn slow_target_beyond_per_try_timeout_is_retried_elsewhere() {
 async fn every_target_failing_names_the_last_cause_and_attempts() {
     let a = upstream::closed_port().await;
     let b = upstream::closed_port().await;
-    let cfg = support::config(&[a, b]);
+    let mut cfg = support::config(&[a, b]);
+    // With the outage hold on, every target refusing is held instead (tests/it/hold.rs).
+    support::upstream_of(&mut cfg).outage_hold = Duration::ZERO;
     let gw = support::start(cfg).await;
     let (parts, _) = get(&client(), &gw.url("/")).await;
     assert_eq!(parts.status, 502);
@@ -274,6 +276,8 @@ async fn exhausted_retry_budget_is_logged() {
     let mut cfg = support::config(&[a]);
     support::route_of(&mut cfg).retry_budget_ratio = 0.0;
     support::route_of(&mut cfg).retry_budget_per_second = 0;
+    // With the outage hold on, the refused request is held instead (tests/it/hold.rs).
+    support::upstream_of(&mut cfg).outage_hold = Duration::ZERO;
     let gw = support::start(cfg).await;
     let (parts, _) = get(&client(), &gw.url("/")).await;
     assert_eq!(parts.status, 502);

@@ -144,10 +144,12 @@ async fn a_target_slow_to_become_ready_gets_no_traffic_then_a_ramp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn all_targets_down_is_a_fast_503_and_traffic_resumes_on_return() {
+async fn with_the_outage_hold_off_all_targets_down_is_a_fast_503_and_traffic_resumes_on_return() {
     let nodes = fleet(2).await;
     let mut cfg = config_for(&nodes);
     support::upstream_of(&mut cfg).health = Some(health(100, 1, 1));
+    // `outage_hold = "0s"`: no hold, the 503 comes at once (the hold itself: tests/it/hold.rs).
+    support::upstream_of(&mut cfg).outage_hold = Duration::ZERO;
     // Active checks alone decide here: a passive ejection earned before the checks noticed the
     // crash would (rightly) keep the target out for `base_ejection` after it returns.
     support::upstream_of(&mut cfg).passive.consecutive_failures = 0;
@@ -158,10 +160,12 @@ async fn all_targets_down_is_a_fast_503_and_traffic_resumes_on_return() {
         n.kill().await;
     }
     let c = client();
-    // Wait until health has marked both down (first fast 503).
+    // Wait until health has marked both down: a 503 that tried no target. (Before that, the
+    // refused attempts end in the same 503: the hold is off.)
     loop {
         let (parts, _) = get(&c, &gw.url("/")).await;
-        if parts.status == 503 {
+        let tried = gw.next_log()["attempts"].as_array().unwrap().len();
+        if parts.status == 503 && tried == 0 {
             break;
         }
     }
@@ -181,8 +185,8 @@ async fn all_targets_down_is_a_fast_503_and_traffic_resumes_on_return() {
         );
         durations.push(line["duration_ms"].as_u64().unwrap());
     }
-    // Measured inside the gateway: the fast path waits on nothing (no queue, no startup wait,
-    // which would take seconds). Every answer under 50 ms; one preemption of the test machine
+    // Measured inside the gateway: the fast path waits on nothing (no queue, no hold, which
+    // would take seconds). Every answer under 50 ms; one preemption of the test machine
     // may stretch a single sample, never the typical one.
     durations.sort_unstable();
     assert!(
@@ -348,8 +352,8 @@ async fn panic_mode_balances_over_all_targets_when_too_few_are_healthy() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn panic_mode_does_not_skip_the_startup_wait_or_the_fast_503() {
-    use gatewise::upstream::{balancer::Tried, Upstream};
+async fn panic_mode_does_not_skip_the_outage_hold_or_the_fast_503() {
+    use gatewise::upstream::{balancer::Tried, hold::Held, Upstream};
     // Nothing listens on these ports and no check has passed: panic mode must not send traffic
     // to targets nobody has seen healthy.
     let mut cfg =
@@ -358,12 +362,16 @@ async fn panic_mode_does_not_skip_the_startup_wait_or_the_fast_503() {
     cfg.panic_threshold = Some(0.5);
     let up = Upstream::new("app", cfg);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+    let mut held = Held::default();
     let err = up
-        .acquire(Tried::default(), deadline)
+        .acquire(Tried::default(), deadline, &mut held)
         .await
         .err()
         .expect("no target handed out");
     assert_eq!(err.cause, gatewise::cause::Cause::DestinationUnavailable);
+    // Held (outage_hold 10 s by default), but never past the request's deadline.
+    assert_eq!(held.total(), Duration::from_millis(200));
+    assert!(err.detail.contains("never been healthy"), "{}", err.detail);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatewise::config::{HealthCheckKind, HealthConfig};
 use gatewise::upstream::health::active::{
-    probe, run_checks, run_checks_with, ProbeOutcome, Prober,
+    probe, run_checks, run_checks_paced, run_checks_with, Pace, ProbeOutcome, Prober,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -304,4 +304,43 @@ async fn dropping_the_loop_stops_every_target_check() {
     task.abort();
     // Once every per-target task is gone, the reporter (and with it the sender) is dropped.
     assert_eq!(rx.recv().await, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fast_recovery_pace_probes_every_100ms_at_once_and_back_to_the_interval_after() {
+    let start = Instant::now();
+    let pace = std::sync::Arc::new(Pace::new(Duration::from_secs(10)));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run_checks_paced(
+        vec!["t:80".to_string()],
+        pace.clone(),
+        Scripted {
+            takes: Duration::ZERO,
+        },
+        move |_, _| {
+            let _ = tx.send(Instant::now() - start);
+        },
+    ));
+    assert_eq!(rx.recv().await.unwrap(), Duration::ZERO);
+    // Every target went down 1 s into a 10 s wait: the sleeping check is cut short.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pace.set_hurry(true);
+    let mut fast = vec![rx.recv().await.unwrap()];
+    assert_eq!(fast[0], Duration::from_secs(1), "probed at once");
+    for _ in 0..5 {
+        fast.push(rx.recv().await.unwrap());
+    }
+    for pair in fast.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap >= Duration::from_millis(90) && gap <= Duration::from_millis(110),
+            "fast gap {gap:?}"
+        );
+    }
+    // Something serves again: the configured interval.
+    pace.set_hurry(false);
+    let a = rx.recv().await.unwrap();
+    let b = rx.recv().await.unwrap();
+    assert!(b - a >= Duration::from_secs(9), "normal gap {:?}", b - a);
+    task.abort();
 }

@@ -98,7 +98,10 @@ async fn a_request_id_is_generated_when_absent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_upstream_is_502_connection_refused_in_header_and_log() {
     let addr = upstream::closed_port().await;
-    let gw = support::start(support::config(&[addr])).await;
+    let mut cfg = support::config(&[addr]);
+    // With the outage hold on, a wholly refusing upstream holds the request (tests/it/hold.rs).
+    support::upstream_of(&mut cfg).outage_hold = Duration::ZERO;
+    let gw = support::start(cfg).await;
     let (parts, body) = get(&client(), &gw.url("/x")).await;
     let ps = support::assert_generated(&parts, 502, "connection_refused");
     assert!(ps.contains(&addr.to_string()), "{ps}");

@@ -49,6 +49,18 @@ pub const QUEUE_REJECTIONS: &str = "gatewise_queue_rejections_total";
 pub const QUEUE_REJECTIONS_HELP: &str =
     "Requests turned away by an upstream's wait queue: queue_full or queue_timeout";
 
+pub const HOLD_DEPTH: &str = "gatewise_hold_depth";
+pub const HOLD_DEPTH_HELP: &str =
+    "Requests held now waiting for a target of an upstream to come back (outage hold)";
+
+pub const HELD_REQUESTS: &str = "gatewise_held_requests_total";
+pub const HELD_REQUESTS_HELP: &str =
+    "Requests that entered an upstream's outage hold (each counted once)";
+
+pub const HOLD_REJECTIONS: &str = "gatewise_hold_rejections_total";
+pub const HOLD_REJECTIONS_HELP: &str =
+    "Requests the outage hold answered 503: hold_timeout (outage_hold or the deadline passed) or hold_full";
+
 pub const ACCESS_LOG_DROPPED: &str = "gatewise_access_log_dropped_total";
 pub const ACCESS_LOG_DROPPED_HELP: &str =
     "Access-log lines dropped because the destination could not keep up (queue full)";

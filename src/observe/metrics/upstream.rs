@@ -16,6 +16,7 @@ use prometheus_client::metrics::MetricType;
 
 use super::{counter_base, names};
 use crate::upstream::health::state::State;
+use crate::upstream::hold::HoldReject;
 use crate::upstream::Upstream;
 
 /// The health state names, in the order `state_index` numbers them.
@@ -231,6 +232,35 @@ impl Collector for UpstreamCollector {
                 let labels = [("upstream", &*up.name), ("reason", why.as_str())];
                 ConstCounter::new(up.counters.rejections(why))
                     .encode(rejections.encode_family(&labels)?)?;
+            }
+        }
+        self.encode_hold(e)
+    }
+}
+
+impl UpstreamCollector {
+    /// The outage hold of each upstream: held now, held in total, turned away.
+    fn encode_hold(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let mut depth =
+            e.encode_descriptor(names::HOLD_DEPTH, names::HOLD_DEPTH_HELP, None, Gauge)?;
+        for up in &self.upstreams {
+            let v = i64::try_from(up.hold.depth()).unwrap_or(i64::MAX);
+            ConstGauge::new(v).encode(depth.encode_family(&[("upstream", &*up.name)])?)?;
+        }
+        let base = counter_base(names::HELD_REQUESTS);
+        let mut held = e.encode_descriptor(base, names::HELD_REQUESTS_HELP, None, Counter)?;
+        for up in &self.upstreams {
+            ConstCounter::new(up.hold.entered())
+                .encode(held.encode_family(&[("upstream", &*up.name)])?)?;
+        }
+        let base = counter_base(names::HOLD_REJECTIONS);
+        let mut rejected = e.encode_descriptor(base, names::HOLD_REJECTIONS_HELP, None, Counter)?;
+        for up in &self.upstreams {
+            for why in HoldReject::ALL {
+                let labels = [("upstream", &*up.name), ("reason", why.as_str())];
+                ConstCounter::new(up.hold.rejections(why))
+                    .encode(rejected.encode_family(&labels)?)?;
             }
         }
         Ok(())

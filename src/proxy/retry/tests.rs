@@ -357,3 +357,64 @@ fn idempotency_key_must_be_present_and_non_empty() {
     other.insert("x-idempotency-key", HeaderValue::from_static("abc"));
     assert!(!has_idempotency_key(&other));
 }
+
+#[test]
+fn refusals_before_a_byte_is_written_are_what_the_outage_hold_takes() {
+    let sent = |cause| UpstreamError {
+        request_sent: true,
+        ..UpstreamError::before_send(cause, RequestSent, "")
+    };
+    // (error, refused before send?)
+    let cases = [
+        (
+            UpstreamError::before_send(ConnectionRefused, Connect, ""),
+            true,
+        ),
+        (
+            UpstreamError::before_send(ConnectionTerminated, Connect, ""),
+            true,
+        ),
+        (
+            UpstreamError::before_send(TlsProtocolError, Connect, ""),
+            true,
+        ),
+        // A timeout says "slow or blocked", not "down": the hold is for crashes and restarts.
+        (
+            UpstreamError::before_send(ConnectionTimeout, Connect, ""),
+            false,
+        ),
+        (UpstreamError::before_send(DnsError, Connect, ""), false),
+        (
+            UpstreamError::before_send(TlsCertificateError, Connect, ""),
+            false,
+        ),
+        (
+            UpstreamError::before_send(DestinationUnavailable, Queue, ""),
+            false,
+        ),
+        (sent(ConnectionTerminated), false),
+    ];
+    for (err, want) in cases {
+        assert_eq!(refused_before_send(&err), want, "{:?}", err.cause);
+    }
+}
+
+#[test]
+fn the_outage_hold_comes_only_after_refusals_and_when_a_retry_has_nowhere_new_to_go() {
+    // (this attempt refused before send, untried routable target left, retry rule stopped, hold?)
+    let cases = [
+        (true, false, false, true), // refused, every routable target tried: hold, no budget spent
+        (true, true, false, false), // an untried target is left: the retry rule decides
+        (true, true, true, true),   // ...and when it stops (attempts, budget): hold, not 502
+        (false, false, false, false), // this attempt sent something or got an answer: no hold
+        (false, true, true, false),
+        (false, false, true, false),
+    ];
+    for (refused, untried, stopped, want) in cases {
+        assert_eq!(
+            hold_instead(refused, untried, stopped),
+            want,
+            "{refused} {untried} {stopped}"
+        );
+    }
+}

@@ -6,9 +6,14 @@
 //! spoil a pooled connection. Each target is checked by its own task so a hanging target does
 //! not delay the others; the interval carries ±10% jitter so the checks of many gateways (or
 //! many targets) do not synchronise into bursts.
+//!
+//! The interval is a [`Pace`]: the configured one, or [`FAST_RECOVERY_INTERVAL`] while the
+//! upstream has nothing serving (H6) — every target down, or requests held because every target
+//! refused them — so a target that comes back is seen within ~100 ms, not within `interval`.
 
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ use http::{header, Request};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
 
@@ -141,6 +147,54 @@ impl Prober for ConfiguredProbe {
     }
 }
 
+/// Checks while an upstream has nothing serving come this often (or at the configured interval
+/// when that is shorter): one passing check then brings a target back (H6).
+pub const FAST_RECOVERY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How often each target of one upstream is checked now; shared by its check tasks.
+#[derive(Debug)]
+pub struct Pace {
+    normal: Duration,
+    hurry: AtomicBool,
+    /// Wakes the sleeping checks when the pace changes, so a hurry takes effect at once.
+    changed: Notify,
+}
+
+impl Pace {
+    pub fn new(normal: Duration) -> Self {
+        Self {
+            normal,
+            hurry: AtomicBool::new(false),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The configured interval.
+    pub fn normal(&self) -> Duration {
+        self.normal
+    }
+
+    /// The interval now, before jitter.
+    pub fn interval(&self) -> Duration {
+        if self.hurrying() {
+            self.normal.min(FAST_RECOVERY_INTERVAL)
+        } else {
+            self.normal
+        }
+    }
+
+    pub fn hurrying(&self) -> bool {
+        self.hurry.load(Ordering::Relaxed)
+    }
+
+    /// Fast recovery on (`true`) or back to the configured interval.
+    pub fn set_hurry(&self, on: bool) {
+        if self.hurry.swap(on, Ordering::Relaxed) != on {
+            self.changed.notify_waiters();
+        }
+    }
+}
+
 /// Checks every target as `cfg` says, forever: each target at once, then every `cfg.interval`
 /// (±10% jitter), and calls `report(index into targets, outcome)` after each probe. Stops when
 /// the returned future is dropped (abort its task on reload or shutdown).
@@ -160,6 +214,16 @@ pub async fn run_checks_with<P: Prober>(
     prober: P,
     report: impl Fn(usize, ProbeOutcome) + Send + Sync + 'static,
 ) {
+    run_checks_paced(targets, Arc::new(Pace::new(interval)), prober, report).await
+}
+
+/// [`run_checks_with`] at a [`Pace`] the caller can change while the checks run.
+pub async fn run_checks_paced<P: Prober>(
+    targets: Vec<String>,
+    pace: Arc<Pace>,
+    prober: P,
+    report: impl Fn(usize, ProbeOutcome) + Send + Sync + 'static,
+) {
     let prober = Arc::new(prober);
     let report = Arc::new(report);
     // The JoinSet aborts every per-target task when this future is dropped.
@@ -167,14 +231,24 @@ pub async fn run_checks_with<P: Prober>(
     for (index, target) in targets.into_iter().enumerate() {
         let prober = Arc::clone(&prober);
         let report = Arc::clone(&report);
+        let pace = Arc::clone(&pace);
         tasks.spawn(async move {
             loop {
                 let started = Instant::now();
                 let outcome = prober.probe(&target).await;
                 report(index, outcome);
                 // Measured from the start of the probe, so a slow target is not checked less
-                // often than asked; one slower than the interval is checked back to back.
-                sleep_until(started + jittered(interval)).await;
+                // often than asked; one slower than the interval is checked back to back. A
+                // change of pace re-reads the interval (a hurry shortens this very wait).
+                loop {
+                    let changed = pace.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    tokio::select! {
+                        () = sleep_until(started + jittered(pace.interval())) => break,
+                        () = changed => {}
+                    }
+                }
             }
         });
     }

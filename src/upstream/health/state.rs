@@ -8,8 +8,9 @@
 //!
 //! Rules (each one a deliberate choice, tested in `state_tests.rs`):
 //! - With an active check, a target starts `Unhealthy`; the first passing check ever makes it
-//!   routable at once (startup waits for it, H4). `rise` applies only to recovery after `fall`
-//!   failed checks took it down. Without an active check a target starts `Healthy`.
+//!   routable at once (requests held at startup wait for it, H4/R6). `rise` applies only to
+//!   recovery after `fall` failed checks took it down. Without an active check a target starts
+//!   `Healthy`.
 //! - Precedence when several facts hold: `Draining` > `Unhealthy` > `Ejected` > `Starting` >
 //!   `Healthy`. Facts keep being tracked underneath, so e.g. an ejected target that also fails
 //!   its checks shows `Unhealthy`, and shows `Ejected` again if checks recover first.
@@ -27,12 +28,16 @@
 //!   it was ejected or marked down must not lengthen or restart the penalty.
 //! - When the pool refuses an ejection (`may_eject` false) the failure count stays at the
 //!   threshold, so the next failure asks again.
+//! - Fast recovery (H6): while no other target of the pool is routable (the caller says so with
+//!   [`TargetHealth::set_pool_down`]), ONE passing check brings a target that `fall` took down
+//!   back, at full weight: nothing else serves, so `rise` and slow start would only lengthen the
+//!   outage. Once something serves, `rise` and the ramp apply again.
 //! - A target that becomes routable again (ejection over, checks recovered, discovery back)
 //!   enters `Starting` for the slow-start window, measured from the moment it became routable
 //!   (for an ejection: its `until`, even if `tick` comes late). The very first pass at gateway
-//!   start does not ramp (the whole pool is new, nothing to protect it from) unless the caller
-//!   says other targets already serve ([`TargetHealth::set_ramp_first`]); a target added to a
-//!   running pool ([`TargetHealth::added`]) does.
+//!   start does not ramp (cold start: the pool is starting together, nothing to protect it from)
+//!   unless the caller says the pool already serves ([`TargetHealth::set_ramp_first`]); a target
+//!   added to a running pool ([`TargetHealth::added`]) does.
 
 use std::fmt;
 use std::time::Duration;
@@ -94,6 +99,8 @@ pub enum Reason {
     ChecksPassed {
         rise: u32,
     },
+    /// One active check passed while no target of the pool was routable (fast recovery, H6).
+    FastRecovery,
     /// `fall` active checks failed in a row.
     ChecksFailed {
         fall: u32,
@@ -114,6 +121,9 @@ impl fmt::Display for Reason {
         match self {
             Reason::FirstCheckPassed => f.write_str("first active check passed"),
             Reason::ChecksPassed { rise } => write!(f, "{rise} active checks passed in a row"),
+            Reason::FastRecovery => {
+                f.write_str("active check passed while every target was down (fast recovery)")
+            }
             Reason::ChecksFailed { fall } => write!(f, "{fall} active checks failed in a row"),
             Reason::TrafficFailures { count, ejected_for } => write!(
                 f,
@@ -183,6 +193,8 @@ pub struct TargetHealth {
     ever_up: bool,
     /// Ramp on the first pass too (target joined a running pool).
     ramp_first: bool,
+    /// No other target of the pool is routable: one pass is enough, and no ramp (fast recovery).
+    pool_down: bool,
     passes: u32,
     fails: u32,
     traffic_failures: u32,
@@ -204,6 +216,7 @@ impl TargetHealth {
             active_up: !policy.active_check,
             ever_up: !policy.active_check,
             ramp_first: false,
+            pool_down: false,
             passes: 0,
             fails: 0,
             traffic_failures: 0,
@@ -285,6 +298,12 @@ impl TargetHealth {
         self.ramp_first = ramp;
     }
 
+    /// Whether every other target of the pool is down now (fast recovery, H6): then one passing
+    /// check brings this one back, at full weight.
+    pub fn set_pool_down(&mut self, down: bool) {
+        self.pool_down = down;
+    }
+
     /// An active check result.
     pub fn active_check(&mut self, passed: bool, now: Instant) -> Option<Transition> {
         let before = self.state();
@@ -299,10 +318,17 @@ impl TargetHealth {
             if !self.ever_up {
                 reason = Reason::FirstCheckPassed;
                 ramp = self.ramp_first;
-            } else if self.passes >= self.policy.rise {
-                reason = Reason::ChecksPassed {
-                    rise: self.policy.rise,
+            } else if self.passes >= self.policy.rise || self.pool_down {
+                reason = if self.passes >= self.policy.rise {
+                    Reason::ChecksPassed {
+                        rise: self.policy.rise,
+                    }
+                } else {
+                    Reason::FastRecovery
                 };
+                // Returning to a pool that serves ramps; returning to one that does not (every
+                // target down) takes the traffic at once.
+                ramp = !self.pool_down;
                 // The checks saw this outage begin and end: an ejection earned by traffic
                 // failing during the same outage ends with it (otherwise a pool that was
                 // wholly down would stay down for the ejection time after it came back).

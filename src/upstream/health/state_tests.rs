@@ -29,6 +29,12 @@ enum Step {
     Drain,
     Back,
     Tick,
+    /// The caller says no other target of the pool is routable (fast recovery applies)...
+    PoolDown,
+    /// ...or that one is again.
+    PoolUp,
+    /// The caller says the pool already serves (a first pass ramps).
+    PoolServes,
 }
 
 /// Applies `steps`, each at `t0 + secs`, and returns the last step's transition.
@@ -45,6 +51,18 @@ fn run(h: &mut TargetHealth, t0: Instant, steps: &[(u64, Step)]) -> Option<Trans
             Step::Drain => h.draining(true, now),
             Step::Back => h.draining(false, now),
             Step::Tick => h.tick(now),
+            Step::PoolDown => {
+                h.set_pool_down(true);
+                None
+            }
+            Step::PoolUp => {
+                h.set_pool_down(false);
+                None
+            }
+            Step::PoolServes => {
+                h.set_ramp_first(true);
+                None
+            }
         };
     }
     last
@@ -102,6 +120,16 @@ const TABLE: &[Row] = &[
     ("check passed while draining shows after back", true, &[(0, Drain), (1, Pass), (2, Back)], Some(("draining", "starting")), "starting"),
     ("traffic while draining is ignored", false, &[(0, Drain), (1, Err), (2, Err), (3, Err), (4, Back)], Some(("draining", "starting")), "starting"),
     ("ejection ending while draining stays draining", false, &[(0, Err), (1, Err), (2, Err), (3, Drain), (20, Tick)], None, "draining"),
+    // Fast recovery (H6): with every target down, one pass brings a target back at full weight.
+    ("pool down: one pass is enough, no ramp", true, &[(0, Pass), (1, Fail), (2, Fail), (3, PoolDown), (4, Pass)], Some(("unhealthy", "healthy")), "healthy"),
+    ("pool down: the outage's ejection ends with the pass", true, &[(0, Pass), (1, Err), (2, Err), (3, Err), (4, Fail), (5, Fail), (6, PoolDown), (7, Pass)], Some(("unhealthy", "healthy")), "healthy"),
+    ("pool serving again: rise applies", true, &[(0, Pass), (1, Fail), (2, Fail), (3, PoolDown), (3, PoolUp), (4, Pass)], None, "unhealthy"),
+    ("pool down does not shorten fall", true, &[(0, Pass), (1, PoolDown), (2, Fail)], None, "healthy"),
+    ("pool down: a failing check keeps it down", true, &[(0, Pass), (1, Fail), (2, Fail), (3, PoolDown), (4, Fail)], None, "unhealthy"),
+    ("pool down: passive ejection alone is not ended by a pass", true, &[(0, Pass), (1, Err), (2, Err), (3, Err), (4, PoolDown), (5, Pass)], None, "ejected"),
+    // Cold start: a first pass is at full weight unless the pool already serves.
+    ("cold start: first pass at full weight", true, &[(0, Fail), (1, Pass)], Some(("unhealthy", "healthy")), "healthy"),
+    ("first pass into a serving pool ramps", true, &[(0, PoolServes), (1, Pass)], Some(("unhealthy", "starting")), "starting"),
 ];
 
 #[test]
@@ -137,6 +165,13 @@ fn reasons_name_what_happened() {
     assert_eq!(
         h.tick(t0 + 20 * SEC).unwrap().reason,
         Reason::SlowStartEnded
+    );
+    h.active_check(false, t0 + 21 * SEC);
+    h.active_check(false, t0 + 21 * SEC);
+    h.set_pool_down(true);
+    assert_eq!(
+        h.active_check(true, t0 + 22 * SEC).unwrap().reason,
+        Reason::FastRecovery
     );
     h.traffic(false, t0, true);
     h.traffic(false, t0, true);

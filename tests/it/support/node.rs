@@ -27,6 +27,9 @@ pub struct Counters {
     pub requests: AtomicUsize,
     /// How many times each `x-request-id` was executed here.
     pub executed: Mutex<HashMap<String, usize>>,
+    /// Requests being answered now, and the most ever at once.
+    pub concurrent: AtomicUsize,
+    pub max_concurrent: AtomicUsize,
     /// Signalled whenever a counter moves.
     changed: tokio::sync::Notify,
 }
@@ -227,10 +230,13 @@ async fn answer(
     counters.requests.fetch_add(1, Ordering::SeqCst);
     counters.changed.notify_waiters();
     *counters.executed.lock().unwrap().entry(id).or_default() += 1;
+    let now = counters.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
+    counters.max_concurrent.fetch_max(now, Ordering::SeqCst);
     let d = delay.load(Ordering::SeqCst);
     if d > 0 {
         tokio::time::sleep(Duration::from_millis(d)).await;
     }
+    counters.concurrent.fetch_sub(1, Ordering::SeqCst);
     Response::new(Full::new(Bytes::from_static(b"ok")))
 }
 
