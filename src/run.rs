@@ -73,7 +73,10 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let config_path = args.config.clone();
     let code = runtime.block_on(async move {
+        // Registered first: SIGHUP's default action would end the process.
+        let hangups = Hangups::new();
         tokio::spawn(reopen_log_on_sigusr1(log.clone()));
         let gateway = match Gateway::bind(&config, log).await {
             Ok(g) => g,
@@ -82,6 +85,12 @@ pub fn run(args: &RunArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        let gateway = match config_path {
+            Some(path) => gateway.with_config_path(path),
+            None => gateway,
+        };
+        tokio::spawn(hangups.reload(gateway.shared()));
+        crate::lifecycle::systemd::notify("READY=1");
         // The first SIGTERM/SIGINT drains (docs/config.md, "Shutdown"); a second one stops at
         // once. Both are read from the same streams, so two quick signals are never one.
         let mut signals = StopSignals::new();
@@ -142,6 +151,40 @@ async fn reopen_log_on_sigusr1(log: AccessLog) {
     }
     #[cfg(not(unix))]
     drop(log);
+}
+
+/// SIGHUP (what `systemctl reload` and a closed terminal send): reload, never exit.
+struct Hangups {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Hangups {
+                hup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    async fn reload(self, shared: std::sync::Arc<crate::gateway::Shared>) {
+        #[cfg(unix)]
+        {
+            let Some(mut hup) = self.hup else { return };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config file");
+                // The outcome is logged by the reload itself.
+                shared.reload("sighup").await;
+            }
+        }
+        #[cfg(not(unix))]
+        drop((self, shared));
+    }
 }
 
 /// SIGTERM and SIGINT, each registered once for the life of the process.

@@ -32,6 +32,8 @@ pub struct RawFile {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<Str>,
+    pub token: Option<Str>,
+    pub token_file: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +49,7 @@ pub struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    pub name: Option<Str>,
     pub listener: Option<Str>,
     pub host: Option<Str>,
     pub path_prefix: Option<Str>,

@@ -6,6 +6,7 @@
 
 pub mod check;
 mod file;
+pub mod reload;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -42,6 +43,9 @@ pub struct Config {
 pub struct AdminConfig {
     /// `None` turns the admin listener off.
     pub listen: Option<SocketAddr>,
+    /// Bearer token required for every admin endpoint except `/live` and `/ready` (from `token`
+    /// or `token_file`). Required when `listen` is not a loopback address.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +69,10 @@ pub struct ListenerConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
+    /// The route's identity across reloads and its metric label: the config's `name`, or
+    /// `HOSTPATH_PREFIX` (e.g. `*/`, `api.example.com/v1`), with `@LISTENER` added when two
+    /// listeners have the same host and prefix.
+    pub name: String,
     /// Name of the listener this route belongs to (resolved and checked).
     pub listener: String,
     pub host: HostPattern,
@@ -212,6 +220,11 @@ pub mod defaults {
     pub const SLOW_START: Duration = Duration::from_secs(10);
 }
 
+/// The name of a route whose config gives none: its host pattern and path prefix.
+pub fn default_route_name(host: &HostPattern, path_prefix: &str) -> String {
+    format!("{host}{path_prefix}")
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors::io(path, e))?;
@@ -234,6 +247,7 @@ impl RouteConfig {
     /// A catch-all route with every policy at its default.
     pub fn new(listener: &str, upstream: &str) -> Self {
         Self {
+            name: default_route_name(&HostPattern::Any, "/"),
             listener: listener.to_string(),
             host: HostPattern::Any,
             path_prefix: "/".to_string(),
@@ -313,6 +327,7 @@ impl Config {
                         .parse()
                         .expect("valid default address"),
                 ),
+                token: None,
             },
             access_log: AccessLog::Stdout,
             drain_delay: defaults::DRAIN_DELAY,

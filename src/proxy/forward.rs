@@ -19,11 +19,11 @@ use super::response::{error_response, received_status, PROXY_STATUS};
 use super::retry;
 use crate::cause::Cause;
 use crate::config::RouteConfig;
+use crate::gateway::snapshot::Snapshot;
 use crate::observe::access_log::{AccessLog, Attempt};
 use crate::observe::metrics::RouteMetrics;
-use crate::routing::RouteTable;
-use crate::upstream::balancer::Tried;
-use crate::upstream::{Target, Upstream};
+use crate::upstream::{Target, TriedTargets, Upstream};
+use arc_swap::ArcSwap;
 
 /// A route with what it needs at run time.
 pub struct Route {
@@ -36,7 +36,10 @@ pub struct Route {
 
 /// What one listener's connections share.
 pub struct ListenerState {
-    pub routes: RouteTable<Arc<Route>>,
+    /// The listener's name: its routes are found in the snapshot under it.
+    pub name: String,
+    /// The configuration serving now; a reload swaps it.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub access_log: AccessLog,
     /// Counts requests rejected before a route matched.
     pub unrouted: Arc<RouteMetrics>,
@@ -78,7 +81,13 @@ pub async fn handle(
         .map(|a| a.as_str())
         .or_else(|| head.headers.get(HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
-    let Some(route) = state.routes.find(host, head.uri.path()) else {
+    // The snapshot is read once per request; a reload during the request does not move it.
+    let route = state
+        .snapshot
+        .load()
+        .route(&state.name, host, head.uri.path())
+        .cloned();
+    let Some(route) = route else {
         let detail = format!("no route for host {host:?} path {:?}", head.uri.path());
         log.metrics = Some(state.unrouted.clone());
         return fail(log, Cause::DestinationNotFound, &detail);
@@ -94,7 +103,7 @@ pub async fn handle(
         Err((cause, detail)) => return fail(log, cause, &detail),
     };
     log.bytes_in = body.known_len(&head);
-    forward(route, request::upstream_head(head), &mut body, log).await
+    forward(&route, request::upstream_head(head), &mut body, log).await
 }
 
 /// The attempt loop of one routed request.
@@ -110,7 +119,7 @@ async fn forward(
     let host_from_target = !head.headers.contains_key(HOST);
     route.budget.on_request(log.start);
     let mut rng = fastrand::Rng::new();
-    let mut tried = Tried::default();
+    let mut tried = TriedTargets::default();
     // A request an attempt handed back unsent: the next attempt sends it as it is.
     let mut unsent: Option<Request<crate::body::UpstreamBody>> = None;
 
@@ -119,7 +128,7 @@ async fn forward(
             Ok(picked) => picked,
             Err(err) => return fail(log, err.cause, &err.detail),
         };
-        tried.insert(target.index);
+        tried.insert(target.id);
         let mut req = match unsent.take() {
             Some(req) => req,
             None => match body.for_attempt() {
@@ -164,7 +173,7 @@ async fn forward(
             duration_ms: started.elapsed(),
         });
         let cause = result.as_ref().err().map(|e| e.cause);
-        route.metrics.attempt(target.index, status, cause);
+        route.metrics.attempt(&target, status, cause);
 
         // A response that is not a retryable status goes straight back to the client; a failure
         // or a retryable status asks the retry rule.

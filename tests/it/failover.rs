@@ -349,7 +349,7 @@ async fn panic_mode_balances_over_all_targets_when_too_few_are_healthy() {
 
 #[tokio::test(start_paused = true)]
 async fn panic_mode_does_not_skip_the_startup_wait_or_the_fast_503() {
-    use gatewise::upstream::{balancer::Tried, Upstream};
+    use gatewise::upstream::{TriedTargets, Upstream};
     // Nothing listens on these ports and no check has passed: panic mode must not send traffic
     // to targets nobody has seen healthy.
     let mut cfg =
@@ -359,7 +359,7 @@ async fn panic_mode_does_not_skip_the_startup_wait_or_the_fast_503() {
     let up = Upstream::new("app", cfg);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
     let err = up
-        .acquire(Tried::default(), deadline)
+        .acquire(TriedTargets::default(), deadline)
         .await
         .err()
         .expect("no target handed out");

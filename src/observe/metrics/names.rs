@@ -52,3 +52,15 @@ pub const QUEUE_REJECTIONS_HELP: &str =
 pub const ACCESS_LOG_DROPPED: &str = "gatewise_access_log_dropped_total";
 pub const ACCESS_LOG_DROPPED_HELP: &str =
     "Access-log lines dropped because the destination could not keep up (queue full)";
+
+pub const RELOADS: &str = "gatewise_config_reloads_total";
+pub const RELOADS_HELP: &str =
+    "Config reloads by result: ok (a new snapshot serves) or failed (the running config was kept)";
+
+pub const CONFIG_GENERATION: &str = "gatewise_config_generation";
+pub const CONFIG_GENERATION_HELP: &str =
+    "Generation of the config serving now: 1 at start, +1 for every applied reload";
+
+pub const CONFIG_LAST_RELOAD: &str = "gatewise_config_last_reload_timestamp_seconds";
+pub const CONFIG_LAST_RELOAD_HELP: &str =
+    "Unix time of the last reload attempt (ok or failed); 0 before the first";
