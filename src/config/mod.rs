@@ -31,6 +31,9 @@ pub struct Config {
     /// On SIGTERM: how long `/ready` says 503 while traffic is still served, so load balancers
     /// stop sending before the listeners close.
     pub drain_delay: Duration,
+    /// Reload when the config file changes (its directory is watched); SIGHUP and
+    /// `POST /reload` work either way.
+    pub watch_config: bool,
     /// After the listeners close: how long in-flight requests may take to finish.
     pub shutdown_timeout: Duration,
     pub listeners: Vec<ListenerConfig>,
@@ -331,6 +334,7 @@ impl Config {
             },
             access_log: AccessLog::Stdout,
             drain_delay: defaults::DRAIN_DELAY,
+            watch_config: true,
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
             listeners: vec![ListenerConfig::new("public", listen)],
             routes: vec![RouteConfig::new("public", "default")],

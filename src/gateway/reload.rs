@@ -231,10 +231,11 @@ impl Live {
     /// Applies reload requests and config-file changes, forever.
     pub async fn run(&mut self, requests: &mut mpsc::Receiver<ReloadRequest>) {
         let (events_tx, mut events) = mpsc::channel::<()>(1);
-        let _watcher = self
-            .config_path
-            .as_deref()
-            .and_then(|p| watch(p, events_tx));
+        let watching = self.shared.snapshot.load().config.watch_config;
+        let _watcher = match &self.config_path {
+            Some(p) if watching => watch(p, events_tx),
+            _ => None,
+        };
         loop {
             tokio::select! {
                 Some(request) = requests.recv() => {

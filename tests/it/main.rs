@@ -11,4 +11,5 @@ mod failover;
 mod health;
 mod metrics;
 mod proxy;
+mod reload;
 mod run;

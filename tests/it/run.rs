@@ -24,9 +24,14 @@ impl Drop for Running {
 
 impl Running {
     fn start(config: &Path) -> Running {
+        Self::start_with_env(config, &[])
+    }
+
+    fn start_with_env(config: &Path, env: &[(&str, &Path)]) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gatewise"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -112,6 +117,89 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     let line: serde_json::Value =
         serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
     assert_eq!(line["status"], 200);
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn signal(gw: &Running, name: &str) {
+    // The shell's builtin `kill`: no procps needed on a minimal machine.
+    let cmd = format!("kill -{name} {}", gw.child.id());
+    assert!(Command::new("sh")
+        .args(["-c", &cmd])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn one_route(dir: &Path, target: std::net::SocketAddr) -> std::path::PathBuf {
+    let config = dir.join("gatewise.toml");
+    std::fs::write(&config, route_to(target)).unwrap();
+    config
+}
+
+fn route_to(target: std::net::SocketAddr) -> String {
+    format!(
+        "watch_config = false\ndrain_delay = \"0s\"\naccess_log = \"off\"\n[admin]\nlisten = \"off\"\n\
+         [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\
+         [[route]]\nupstream = \"app\"\n\
+         [upstream.app]\ntargets = [\"{target}\"]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_never_ends_the_process() {
+    let (a, b) = (upstream::ok("a").await, upstream::ok("b").await);
+    let dir = std::env::temp_dir().join(format!("gatewise-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = one_route(&dir, a.addr);
+    let gw = Running::start(&config);
+    let line = gw.wait_for_line("listening listener=public");
+    let url = format!("http://{}/", line.rsplit("addr=").next().unwrap().trim());
+    let c = client();
+    assert_eq!(&get(&c, &url).await.1[..], b"a");
+
+    std::fs::write(&config, route_to(b.addr)).unwrap();
+    signal(&gw, "HUP");
+    gw.wait_for_line("config reloaded");
+    assert_eq!(&get(&c, &url).await.1[..], b"b");
+
+    // A broken file: the reload fails, says where, and the process serves on.
+    std::fs::write(&config, "[[route]]\nupstream = 7\n").unwrap();
+    signal(&gw, "HUP");
+    let failed = gw.wait_for_line("config reload failed");
+    assert!(failed.contains("gatewise.toml:2:"), "{failed}");
+    assert_eq!(&get(&c, &url).await.1[..], b"b");
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_reloading_ready_stopping_in_order() {
+    let a = upstream::ok("a").await;
+    let dir = std::env::temp_dir().join(format!("gatewise-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = one_route(&dir, a.addr);
+    let socket_path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let gw = Running::start_with_env(&config, &[("NOTIFY_SOCKET", &socket_path)]);
+    assert_eq!(next(), "READY=1");
+    signal(&gw, "HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1");
+    signal(&gw, "TERM");
+    assert_eq!(next(), "STOPPING=1");
     drop(gw);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -105,3 +105,16 @@ fn every_metric_name_is_documented() {
         );
     }
 }
+
+#[test]
+fn reload_counters_belong_to_their_own_gateway() {
+    let (a, b) = (Metrics::new([]), Metrics::new([]));
+    a.reloads.reloaded("failed", 1);
+    a.reloads.reloaded("ok", 2);
+    assert!(a
+        .encode()
+        .contains("gatewise_config_reloads_total{result=\"failed\"} 1"));
+    assert!(b
+        .encode()
+        .contains("gatewise_config_reloads_total{result=\"failed\"} 0"));
+}
