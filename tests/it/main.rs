@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin;
 mod chaos;
 mod config;
 mod demo;
