@@ -34,6 +34,9 @@ pub struct Config {
     /// Reload when the config file changes (its directory is watched); SIGHUP and
     /// `POST /reload` work either way.
     pub watch_config: bool,
+    /// Where a running gatewise hands its sockets to `run --takeover`; `None`: a path derived
+    /// from the config file's (see `lifecycle::upgrade::default_socket`).
+    pub upgrade_socket: Option<PathBuf>,
     /// After the listeners close: how long in-flight requests may take to finish.
     pub shutdown_timeout: Duration,
     pub listeners: Vec<ListenerConfig>,
@@ -335,6 +338,7 @@ impl Config {
             access_log: AccessLog::Stdout,
             drain_delay: defaults::DRAIN_DELAY,
             watch_config: true,
+            upgrade_socket: None,
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
             listeners: vec![ListenerConfig::new("public", listen)],
             routes: vec![RouteConfig::new("public", "default")],

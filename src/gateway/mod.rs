@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::lifecycle::upgrade::Inherited;
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::Metrics;
 use crate::server::drain::Drain;
@@ -32,6 +33,13 @@ pub struct Shared {
     /// The last reload and its result, for `/status`.
     pub reloads: ReloadStatus,
     reload_tx: mpsc::Sender<ReloadRequest>,
+    /// The listening sockets serving now (duplicates, by listener name) and the admin
+    /// listener's: what a binary upgrade hands to the new process.
+    pub sockets: std::sync::Mutex<Vec<(String, std::os::fd::OwnedFd)>>,
+    pub admin_socket: Option<std::os::fd::OwnedFd>,
+    /// Set when a new process took the sockets over: the drain skips `drain_delay` (the new
+    /// process is already serving) and the process exits once its requests are done.
+    pub handed_over: AtomicBool,
 }
 
 impl Shared {
@@ -72,14 +80,31 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the first snapshot and binds every socket (port 0 picks a free port).
     pub async fn bind(config: &Config, access_log: AccessLog) -> anyhow::Result<Gateway> {
+        Self::bind_inherited(config, access_log, Inherited::default()).await
+    }
+
+    /// [`Gateway::bind`], using the sockets a previous process handed over (binary upgrade)
+    /// for the listeners they match, and binding the rest.
+    pub async fn bind_inherited(
+        config: &Config,
+        access_log: AccessLog,
+        mut inherited: Inherited,
+    ) -> anyhow::Result<Gateway> {
         let mut metrics = Metrics::new(std::iter::empty());
         metrics.register_access_log(&access_log);
-        let admin = match config.admin.listen {
-            Some(addr) => Some(
+        let admin = match (config.admin.listen, inherited.admin.take()) {
+            (Some(addr), Some(socket)) if matches(addr, &socket) => {
+                Some(TcpListener::from_std(socket)?)
+            }
+            (Some(addr), _) => Some(
                 TcpListener::bind(addr)
                     .await
                     .with_context(|| format!("admin: cannot listen on {addr}"))?,
             ),
+            (None, _) => None,
+        };
+        let admin_socket = match &admin {
+            Some(a) => Some(std::os::fd::AsFd::as_fd(a).try_clone_to_owned()?),
             None => None,
         };
         let snapshot = Snapshot::build(config.clone(), None, &metrics);
@@ -92,9 +117,12 @@ impl Gateway {
             draining: AtomicBool::new(false),
             reloads: ReloadStatus::default(),
             reload_tx,
+            sockets: std::sync::Mutex::new(Vec::new()),
+            admin_socket,
+            handed_over: AtomicBool::new(false),
         });
         let drain = Drain::default();
-        let live = Live::bind(shared.clone(), access_log, drain.signal()).await?;
+        let live = Live::bind(shared.clone(), access_log, drain.signal(), &mut inherited).await?;
         Ok(Gateway {
             live,
             admin,
@@ -158,11 +186,18 @@ impl Gateway {
         shared.draining.store(true, Ordering::Relaxed);
         crate::lifecycle::systemd::notify("STOPPING=1");
         let config = shared.snapshot.load().config.clone();
-        tracing::info!(
-            drain_delay_ms = config.drain_delay.as_millis() as u64,
-            "draining: /ready answers 503; still serving until the delay ends"
-        );
-        tokio::time::sleep(config.drain_delay).await;
+        let mut admin_task = admin_task;
+        if shared.handed_over.load(Ordering::Relaxed) {
+            // The new process answers /ready and the rest from now on.
+            admin_task = None;
+            tracing::info!("the new process serves the sockets: finishing in-flight requests");
+        } else {
+            tracing::info!(
+                drain_delay_ms = config.drain_delay.as_millis() as u64,
+                "draining: /ready answers 503; still serving until the delay ends"
+            );
+            tokio::time::sleep(config.drain_delay).await;
+        }
         tracing::info!(
             shutdown_timeout_ms = config.shutdown_timeout.as_millis() as u64,
             "closing listeners; waiting for in-flight requests"
@@ -178,6 +213,14 @@ impl Gateway {
         drop((live, admin_task));
         open
     }
+}
+
+/// Whether an inherited socket serves the configured address (port 0: any port on that IP,
+/// the one the previous process was given).
+pub(crate) fn matches(configured: SocketAddr, socket: &std::net::TcpListener) -> bool {
+    socket.local_addr().is_ok_and(|bound| {
+        bound == configured || (configured.port() == 0 && bound.ip() == configured.ip())
+    })
 }
 
 /// A spawned task that ends when its owner does.

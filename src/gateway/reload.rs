@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{AbortOnDrop, Shared, Snapshot};
 use crate::config::reload::Diff;
 use crate::config::{Config, ConfigErrors, ListenerConfig};
+use crate::lifecycle::upgrade::Inherited;
 use crate::observe::access_log::AccessLog;
 use crate::proxy::forward::ListenerState;
 use crate::server::drain::DrainSignal;
@@ -101,6 +102,8 @@ impl ReloadStatus {
 
 /// One listener that is serving (or bound, about to).
 struct LiveListener {
+    /// A duplicate of the listening socket, for a binary upgrade's handover.
+    fd: std::os::fd::OwnedFd,
     /// As configured (port 0 stays 0): a reload keeps the socket while this is unchanged.
     listen: SocketAddr,
     bound: SocketAddr,
@@ -132,6 +135,7 @@ impl Live {
         shared: Arc<Shared>,
         access_log: AccessLog,
         drain: DrainSignal,
+        inherited: &mut Inherited,
     ) -> anyhow::Result<Live> {
         let mut live = Live {
             shared,
@@ -144,9 +148,15 @@ impl Live {
         };
         let config = live.shared.snapshot.load().config.clone();
         for lc in &config.listeners {
-            let socket = TcpListener::bind(lc.listen).await.map_err(|e| {
-                anyhow::anyhow!("listener {}: cannot listen on {}: {e}", lc.name, lc.listen)
-            })?;
+            let socket = match inherited.take_listener(&lc.name) {
+                Some(s) if super::matches(lc.listen, &s) => {
+                    tracing::info!(listener = %lc.name, "serving the socket handed over by the previous process");
+                    TcpListener::from_std(s)?
+                }
+                _ => TcpListener::bind(lc.listen).await.map_err(|e| {
+                    anyhow::anyhow!("listener {}: cannot listen on {}: {e}", lc.name, lc.listen)
+                })?,
+            };
             let listener = live.listener(lc, socket)?;
             live.listeners.push((lc.name.clone(), listener));
         }
@@ -165,6 +175,7 @@ impl Live {
     fn listener(&self, lc: &ListenerConfig, socket: TcpListener) -> anyhow::Result<LiveListener> {
         let bound = socket.local_addr()?;
         Ok(LiveListener {
+            fd: std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned()?,
             listen: lc.listen,
             bound,
             config: Arc::new(ArcSwap::from_pointee(lc.clone())),
@@ -194,6 +205,16 @@ impl Live {
                 drain.clone(),
             ))));
         }
+        let sockets = self
+            .listeners
+            .iter()
+            .filter_map(|(name, l)| Some((name.clone(), l.fd.try_clone().ok()?)))
+            .collect();
+        *self
+            .shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = sockets;
         let snapshot = self.shared.snapshot.load_full();
         self.health.retain(|name, (up, _)| {
             snapshot
@@ -223,9 +244,16 @@ impl Live {
         }
     }
 
-    /// Stops registering connections with the drain, so it can finish.
+    /// Stops registering connections with the drain, so it can finish, and lets go of the
+    /// listening sockets (the accept loops end; the duplicates kept for a handover close).
     pub fn release_drain(&mut self) {
         self.drain = None;
+        self.listeners.clear();
+        self.shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Applies reload requests and config-file changes, forever.
@@ -397,6 +425,13 @@ impl Live {
             }
         }
         for (name, l) in self.listeners.drain(..) {
+            // Stop listening now rather than when the aborted accept loop is dropped: a client
+            // connecting after the reload is refused, never queued on a socket about to close.
+            // (Only here: on the drain path the socket may live on in a new process.)
+            // SAFETY: shutdown on a descriptor we own; it only changes the socket's state.
+            unsafe {
+                libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&l.fd), libc::SHUT_RDWR);
+            }
             tracing::info!(listener = %name, addr = %l.bound, "listener retired: no longer accepting; open connections finish");
         }
         self.listeners = next;

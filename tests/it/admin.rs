@@ -115,12 +115,12 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     };
     let err = gatewise::config::parse(&src("listen = \"0.0.0.0:9901\""), "g.toml").unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("g.toml:2:10: admin.listen: 0.0.0.0:9901 is not a loopback address"), "{text}");
-    let ok = gatewise::config::parse(
-        &src("listen = \"0.0.0.0:9901\"\ntoken = \"abc\""),
-        "g.toml",
-    )
-    .unwrap();
+    assert!(
+        text.contains("g.toml:2:10: admin.listen: 0.0.0.0:9901 is not a loopback address"),
+        "{text}"
+    );
+    let ok = gatewise::config::parse(&src("listen = \"0.0.0.0:9901\"\ntoken = \"abc\""), "g.toml")
+        .unwrap();
     assert_eq!(ok.admin.token.as_deref(), Some("abc"));
 }
 
@@ -183,7 +183,10 @@ async fn the_status_page_renders_every_target_and_its_state_in_chromium() {
     );
     assert!(dom.contains(&good_row), "{dom}");
     assert!(dom.contains(&down_row), "{dom}");
-    assert!(dom.contains("not ready") || dom.contains("ready: every route"), "{dom}");
+    assert!(
+        dom.contains("not ready") || dom.contains("ready: every route"),
+        "{dom}"
+    );
     if let Some(shot) = std::env::var_os("GATEWISE_SCREENSHOT") {
         let shot = std::path::PathBuf::from(shot);
         let profile = profile.clone();
@@ -221,6 +224,10 @@ fn run_chromium(chromium: &str, profile: &std::path::Path, extra: &[String]) -> 
         .args(extra)
         .output()
         .expect("chromium runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).to_string()
 }
