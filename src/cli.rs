@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Admin listener address for the quick form (`off` to disable).
     #[arg(long)]
     pub admin: Option<String>,
+    /// Binary upgrade: take the listening sockets over from the gatewise running this config
+    /// (through its upgrade socket), serve them, then let it drain and exit (docs/reload.md).
+    #[arg(long, requires = "config")]
+    pub takeover: bool,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod gateway;
+pub mod lifecycle;
 pub mod observe;
 pub mod proxy;
 pub mod routing;

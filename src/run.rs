@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use crate::cli::RunArgs;
 use crate::config::{self, Config, HealthCheckKind, HealthConfig};
 use crate::gateway::Gateway;
+use crate::lifecycle::upgrade;
 use crate::observe::access_log::AccessLog;
 
 /// The config `gatewise run` was asked for, or the reason it cannot have it.
@@ -73,15 +74,70 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let config_path = args.config.clone();
+    let upgrade_socket = config_path.as_ref().map(|p| {
+        config
+            .upgrade_socket
+            .clone()
+            .unwrap_or_else(|| upgrade::default_socket(p))
+    });
+    // A binary upgrade takes the running process's sockets before binding anything itself.
+    let (inherited, handover) = match (&upgrade_socket, args.takeover) {
+        (Some(path), true) => match upgrade::take_over(path) {
+            Ok((inherited, stream)) => (inherited, Some(stream)),
+            Err(e) => {
+                eprintln!("gatewise: --takeover: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => (upgrade::Inherited::default(), None),
+    };
     let code = runtime.block_on(async move {
+        // Registered first: SIGHUP's default action would end the process.
+        let hangups = Hangups::new();
         tokio::spawn(reopen_log_on_sigusr1(log.clone()));
-        let gateway = match Gateway::bind(&config, log).await {
+        let gateway = match Gateway::bind_inherited(&config, log, inherited).await {
             Ok(g) => g,
             Err(e) => {
                 eprintln!("gatewise: {e:#}");
                 return ExitCode::from(2);
             }
         };
+        let gateway = match config_path {
+            Some(path) => gateway.with_config_path(path),
+            None => gateway,
+        };
+        tokio::spawn(hangups.reload(gateway.shared()));
+        if let Some(stream) = handover {
+            // Bound and about to accept: the old process may stop accepting now.
+            if let Err(e) = upgrade::ready(stream) {
+                tracing::warn!(err = %e, "binary upgrade: could not tell the old process");
+            }
+        }
+        // The next upgrade asks this process (the old one's socket file is replaced).
+        let handed_over = tokio::sync::oneshot::channel::<()>();
+        match upgrade_socket.as_deref().map(upgrade::listen) {
+            Some(Ok(listener)) => {
+                let listener = tokio::net::UnixListener::from_std({
+                    listener.set_nonblocking(true).ok();
+                    listener
+                });
+                match listener {
+                    Ok(listener) => {
+                        let (shared, done) = (gateway.shared(), handed_over.0);
+                        tokio::spawn(async move {
+                            upgrade::serve_handover(listener, shared).await;
+                            let _ = done.send(());
+                        });
+                    }
+                    Err(e) => tracing::warn!(err = %e, "upgrade socket unusable; binary upgrades are off"),
+                }
+            }
+            Some(Err(e)) => tracing::warn!(err = %e, "cannot listen on the upgrade socket; binary upgrades are off"),
+            None => {}
+        }
+        let mut upgraded = handed_over.1;
+        crate::lifecycle::systemd::notify("READY=1");
         // The first SIGTERM/SIGINT drains (docs/config.md, "Shutdown"); a second one stops at
         // once. Both are read from the same streams, so two quick signals are never one.
         let mut signals = StopSignals::new();
@@ -93,7 +149,10 @@ pub fn run(args: &RunArgs) -> ExitCode {
             signals.next().await;
         };
         let first = async {
-            let _ = first_rx.await;
+            tokio::select! {
+                _ = first_rx => {}
+                Ok(()) = &mut upgraded => {}
+            }
         };
         tokio::select! {
             _ = gateway.serve_until(first) => {}
@@ -142,6 +201,40 @@ async fn reopen_log_on_sigusr1(log: AccessLog) {
     }
     #[cfg(not(unix))]
     drop(log);
+}
+
+/// SIGHUP (what `systemctl reload` and a closed terminal send): reload, never exit.
+struct Hangups {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Hangups {
+                hup: signal(SignalKind::hangup()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    async fn reload(self, shared: std::sync::Arc<crate::gateway::Shared>) {
+        #[cfg(unix)]
+        {
+            let Some(mut hup) = self.hup else { return };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config file");
+                // The outcome is logged by the reload itself.
+                shared.reload("sighup").await;
+            }
+        }
+        #[cfg(not(unix))]
+        drop((self, shared));
+    }
 }
 
 /// SIGTERM and SIGINT, each registered once for the life of the process.

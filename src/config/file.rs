@@ -22,6 +22,8 @@ pub struct RawFile {
     pub admin: Option<RawAdmin>,
     pub access_log: Option<Str>,
     pub drain_delay: Option<Str>,
+    pub watch_config: Option<bool>,
+    pub upgrade_socket: Option<Str>,
     pub shutdown_timeout: Option<Str>,
     pub listeners: Vec<Spanned<Option<RawListener>>>,
     pub routes: Vec<Spanned<Option<RawRoute>>>,
@@ -32,6 +34,8 @@ pub struct RawFile {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub listen: Option<Str>,
+    pub token: Option<Str>,
+    pub token_file: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,6 +51,7 @@ pub struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
+    pub name: Option<Str>,
     pub listener: Option<Str>,
     pub host: Option<Str>,
     pub path_prefix: Option<Str>,
@@ -170,7 +175,7 @@ pub struct ReadError {
 }
 
 const TOP_KEYS: &str =
-    "workers, admin, access_log, drain_delay, shutdown_timeout, listener, route, upstream";
+    "workers, admin, access_log, drain_delay, shutdown_timeout, watch_config, upgrade_socket, listener, route, upstream";
 
 /// Reads `src` section by section. `Err` means the TOML itself is malformed (nothing else is
 /// worth checking); `Ok` carries whatever could be read plus the per-section errors.
@@ -187,6 +192,8 @@ pub fn read(src: &str) -> Result<(RawFile, Vec<ReadError>), Vec<ReadError>> {
             "workers" => raw.workers = section(value, "workers", &mut errors),
             "access_log" => raw.access_log = section(value, "access_log", &mut errors),
             "drain_delay" => raw.drain_delay = section(value, "drain_delay", &mut errors),
+            "watch_config" => raw.watch_config = section(value, "watch_config", &mut errors),
+            "upgrade_socket" => raw.upgrade_socket = section(value, "upgrade_socket", &mut errors),
             "shutdown_timeout" => {
                 raw.shutdown_timeout = section(value, "shutdown_timeout", &mut errors)
             }

@@ -6,6 +6,7 @@
 
 pub mod check;
 mod file;
+pub mod reload;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -30,6 +31,12 @@ pub struct Config {
     /// On SIGTERM: how long `/ready` says 503 while traffic is still served, so load balancers
     /// stop sending before the listeners close.
     pub drain_delay: Duration,
+    /// Reload when the config file changes (its directory is watched); SIGHUP and
+    /// `POST /reload` work either way.
+    pub watch_config: bool,
+    /// Where a running gatewise hands its sockets to `run --takeover`; `None`: a path derived
+    /// from the config file's (see `lifecycle::upgrade::default_socket`).
+    pub upgrade_socket: Option<PathBuf>,
     /// After the listeners close: how long in-flight requests may take to finish.
     pub shutdown_timeout: Duration,
     pub listeners: Vec<ListenerConfig>,
@@ -42,6 +49,9 @@ pub struct Config {
 pub struct AdminConfig {
     /// `None` turns the admin listener off.
     pub listen: Option<SocketAddr>,
+    /// Bearer token required for every admin endpoint except `/live` and `/ready` (from `token`
+    /// or `token_file`). Required when `listen` is not a loopback address.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +75,10 @@ pub struct ListenerConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RouteConfig {
+    /// The route's identity across reloads and its metric label: the config's `name`, or
+    /// `HOSTPATH_PREFIX` (e.g. `*/`, `api.example.com/v1`), with `@LISTENER` added when two
+    /// listeners have the same host and prefix.
+    pub name: String,
     /// Name of the listener this route belongs to (resolved and checked).
     pub listener: String,
     pub host: HostPattern,
@@ -223,6 +237,11 @@ pub mod defaults {
     pub const OUTAGE_HOLD_QUEUE: usize = 4096;
 }
 
+/// The name of a route whose config gives none: its host pattern and path prefix.
+pub fn default_route_name(host: &HostPattern, path_prefix: &str) -> String {
+    format!("{host}{path_prefix}")
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let src = std::fs::read_to_string(path).map_err(|e| ConfigErrors::io(path, e))?;
@@ -245,6 +264,7 @@ impl RouteConfig {
     /// A catch-all route with every policy at its default.
     pub fn new(listener: &str, upstream: &str) -> Self {
         Self {
+            name: default_route_name(&HostPattern::Any, "/"),
             listener: listener.to_string(),
             host: HostPattern::Any,
             path_prefix: "/".to_string(),
@@ -327,9 +347,12 @@ impl Config {
                         .parse()
                         .expect("valid default address"),
                 ),
+                token: None,
             },
             access_log: AccessLog::Stdout,
             drain_delay: defaults::DRAIN_DELAY,
+            watch_config: true,
+            upgrade_socket: None,
             shutdown_timeout: defaults::SHUTDOWN_TIMEOUT,
             listeners: vec![ListenerConfig::new("public", listen)],
             routes: vec![RouteConfig::new("public", "default")],

@@ -329,6 +329,7 @@ fn quick_equivalent_example_is_the_quick_form() {
         to: Vec::new(),
         workers: None,
         admin: None,
+        takeover: false,
     };
     assert_eq!(crate::run::config_from_args(&no_args), Ok(config));
 }

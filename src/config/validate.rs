@@ -233,6 +233,8 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         admin,
         access_log,
         drain_delay,
+        watch_config,
+        upgrade_socket,
         shutdown_timeout,
         listeners,
         routes,
@@ -272,6 +274,8 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         workers,
         admin,
         access_log,
+        watch_config: watch_config.unwrap_or(true),
+        upgrade_socket: upgrade_socket.map(|p| PathBuf::from(p.into_inner())),
         drain_delay,
         shutdown_timeout,
         listeners,
@@ -289,7 +293,14 @@ fn admin_config(cx: &mut Cx<'_>, admin: Option<RawAdmin>) -> (AdminConfig, Optio
                 .expect("valid default address"),
         )
     };
-    let listen = admin.and_then(|RawAdmin { listen }| listen);
+    let (listen, token, token_file) = match admin {
+        Some(RawAdmin {
+            listen,
+            token,
+            token_file,
+        }) => (listen, token, token_file),
+        None => (None, None, None),
+    };
     let span = listen.as_ref().map(|l| l.span());
     let listen = match listen {
         None => default(),
@@ -298,7 +309,49 @@ fn admin_config(cx: &mut Cx<'_>, admin: Option<RawAdmin>) -> (AdminConfig, Optio
             .check(socket_addr(v.get_ref()), v.span(), "admin.listen")
             .or_else(default),
     };
-    (AdminConfig { listen }, span)
+    let token = admin_token(cx, token, token_file);
+    if let (Some(addr), None) = (listen, &token) {
+        if !addr.ip().is_loopback() {
+            cx.err(
+                span.clone().unwrap_or(0..0),
+                "admin.listen",
+                format!(
+                    "{addr} is not a loopback address: set admin.token or admin.token_file, \
+                     so that /status, /metrics and /reload are not open to the network"
+                ),
+            );
+        }
+    }
+    (AdminConfig { listen, token }, span)
+}
+
+/// `admin.token` or the first line of `admin.token_file` (not both).
+fn admin_token(cx: &mut Cx<'_>, token: Option<Str>, file: Option<Str>) -> Option<String> {
+    match (token, file) {
+        (Some(t), Some(f)) => {
+            cx.err(
+                f.span(),
+                "admin.token_file",
+                "set admin.token or admin.token_file, not both",
+            );
+            Some(t.into_inner())
+        }
+        (Some(t), None) if t.get_ref().trim().is_empty() => {
+            cx.err(t.span(), "admin.token", "must not be empty");
+            None
+        }
+        (Some(t), None) => Some(t.into_inner()),
+        (None, Some(f)) => {
+            let read = std::fs::read_to_string(f.get_ref())
+                .map_err(|e| format!("cannot read {:?}: {e}", f.get_ref()))
+                .and_then(|s| match s.lines().next().map(str::trim) {
+                    Some(t) if !t.is_empty() => Ok(t.to_string()),
+                    _ => Err(format!("{:?} holds no token", f.get_ref())),
+                });
+            cx.check(read, f.span(), "admin.token_file")
+        }
+        (None, None) => None,
+    }
 }
 
 fn access_log_config(cx: &mut Cx<'_>, v: Option<Str>) -> AccessLog {

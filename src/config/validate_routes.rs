@@ -131,6 +131,7 @@ pub(super) fn route_configs(
         let span = r.span();
         let Some(r) = r.into_inner() else { continue };
         let RawRoute {
+            name,
             listener,
             host,
             path_prefix,
@@ -247,7 +248,16 @@ pub(super) fn route_configs(
             Some(r) => *r.get_ref(),
             None => defaults::RETRY_BUDGET_RATIO,
         };
+        let explicit_name = name.map(|n| {
+            let at = n.span();
+            cx.check(values::check_name(n.get_ref()), at.clone(), &f("name"));
+            (n.into_inner(), at)
+        });
         let route = RouteConfig {
+            name: match &explicit_name {
+                Some((n, _)) => n.clone(),
+                None => super::default_route_name(&host, &path_prefix),
+            },
             listener,
             host,
             path_prefix,
@@ -283,6 +293,18 @@ pub(super) fn route_configs(
                 &format!("route[{i}]"),
                 format!("same listener, host and path_prefix as route[{j}]; it could never match"),
             );
+        }
+        let mut route = route;
+        if let Some(j) = out.iter().position(|o| o.name == route.name) {
+            match &explicit_name {
+                Some((n, at)) => cx.err(
+                    at.clone(),
+                    &f("name"),
+                    format!("duplicate route name {n:?} (also route[{j}])"),
+                ),
+                // Derived names collide only across listeners: say which listener.
+                None => route.name = format!("{}@{}", route.name, route.listener),
+            }
         }
         out.push(route);
     }

@@ -243,7 +243,8 @@ fn live_line(
 
 /// `up-1 healthy, up-2 ejected, ...` as the gateway sees its targets.
 fn target_states(shared: &Shared, ups: &[Arc<DemoUpstream>]) -> String {
-    let Some(upstream) = shared.upstreams.get(UPSTREAM) else {
+    let snapshot = shared.snapshot.load();
+    let Some(upstream) = snapshot.upstreams.get(UPSTREAM) else {
         return String::new();
     };
     upstream

@@ -16,7 +16,6 @@ mod tests;
 pub mod upstream;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -84,11 +83,35 @@ struct Families {
     tunnels: Family<TunnelLabels, Counter>,
 }
 
-/// The gateway's registry, and the per-upstream handles routes are built from.
+/// The gateway's registry, and what route handles are built from.
 pub struct Metrics {
     registry: Registry,
     families: Arc<Families>,
-    upstreams: BTreeMap<Arc<str>, Arc<UpstreamMetrics>>,
+    /// The upstreams scraped for gauges; replaced by a reload.
+    upstreams: upstream::UpstreamList,
+    /// Reloads and the config generation.
+    pub reloads: ReloadMetrics,
+}
+
+/// Config reloads: how many by result, the generation serving, when the last one happened.
+#[derive(Default)]
+pub struct ReloadMetrics {
+    results: Family<ResultLabels, Counter>,
+    pub generation: prometheus_client::metrics::gauge::Gauge,
+    pub last_reload: prometheus_client::metrics::gauge::Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+impl ReloadMetrics {
+    /// One reload ended with `result` (`ok` or `failed`) at `unix_secs`.
+    pub fn reloaded(&self, result: &'static str, unix_secs: i64) {
+        self.results.get_or_create(&ResultLabels { result }).inc();
+        self.last_reload.set(unix_secs);
+    }
 }
 
 /// What a counter is registered as: the exposed name without `_total`, which the OpenMetrics
@@ -124,22 +147,41 @@ impl Metrics {
         );
         registry.register(TUNNELS_OPEN, TUNNELS_OPEN_HELP, f.tunnels_open.clone());
         registry.register(counter_base(TUNNELS), TUNNELS_HELP, f.tunnels.clone());
-        let upstreams: Vec<Arc<Upstream>> = upstreams.into_iter().cloned().collect();
-        let handles = upstreams
-            .iter()
-            .map(|up| {
-                (
-                    up.name.clone(),
-                    Arc::new(UpstreamMetrics::new(up, families.clone())),
-                )
-            })
-            .collect();
-        registry.register_collector(Box::new(upstream::UpstreamCollector { upstreams }));
+        let list: Vec<Arc<Upstream>> = upstreams.into_iter().cloned().collect();
+        let upstreams: upstream::UpstreamList = Arc::new(arc_swap::ArcSwap::from_pointee(list));
+        registry.register_collector(Box::new(upstream::UpstreamCollector {
+            upstreams: upstreams.clone(),
+        }));
+        let reloads = ReloadMetrics::default();
+        for result in ["ok", "failed"] {
+            // Created now, so both show as 0 before the first reload (rate() needs that).
+            reloads
+                .results
+                .get_or_create_owned(&ResultLabels { result });
+        }
+        registry.register(counter_base(RELOADS), RELOADS_HELP, reloads.results.clone());
+        registry.register(
+            CONFIG_GENERATION,
+            CONFIG_GENERATION_HELP,
+            reloads.generation.clone(),
+        );
+        registry.register(
+            CONFIG_LAST_RELOAD,
+            CONFIG_LAST_RELOAD_HELP,
+            reloads.last_reload.clone(),
+        );
         Metrics {
             registry,
             families,
-            upstreams: handles,
+            upstreams,
+            reloads,
         }
+    }
+
+    /// After a reload: the upstreams whose gauges `/metrics` reports.
+    pub fn set_upstreams<'a>(&self, upstreams: impl IntoIterator<Item = &'a Arc<Upstream>>) {
+        self.upstreams
+            .store(Arc::new(upstreams.into_iter().cloned().collect()));
     }
 
     /// Exposes the access log's dropped-line counter.
@@ -151,14 +193,11 @@ impl Metrics {
         );
     }
 
-    /// The handles of one route (`name` is the route label); built once, at gateway build time.
-    /// An upstream not given to [`Metrics::new`] gets handles of its own.
+    /// The handles of one route (`name` is the route label); built when the route is (at start
+    /// or by a reload). Series with the same labels share one counter, so a rebuilt route keeps
+    /// counting where the old one stopped.
     pub fn route(&self, name: &Arc<str>, upstream: &Upstream) -> Arc<RouteMetrics> {
-        let up = self
-            .upstreams
-            .get(&upstream.name)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(UpstreamMetrics::new(upstream, self.families.clone())));
+        let up = Arc::new(UpstreamMetrics::new(upstream, self.families.clone()));
         Arc::new(RouteMetrics::new(
             name.clone(),
             Some(up),

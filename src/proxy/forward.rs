@@ -20,11 +20,11 @@ use super::retry;
 use super::upgrade::{self, Upgrade};
 use crate::cause::Cause;
 use crate::config::RouteConfig;
+use crate::gateway::snapshot::Snapshot;
 use crate::observe::access_log::{AccessLog, Attempt};
 use crate::observe::metrics::RouteMetrics;
-use crate::routing::RouteTable;
-use crate::upstream::balancer::Tried;
-use crate::upstream::{Target, Upstream};
+use crate::upstream::{Target, TriedTargets, Upstream};
+use arc_swap::ArcSwap;
 
 /// A route with what it needs at run time.
 pub struct Route {
@@ -37,7 +37,10 @@ pub struct Route {
 
 /// What one listener's connections share.
 pub struct ListenerState {
-    pub routes: RouteTable<Arc<Route>>,
+    /// The listener's name: its routes are found in the snapshot under it.
+    pub name: String,
+    /// The configuration serving now; a reload swaps it.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub access_log: AccessLog,
     /// Counts requests rejected before a route matched.
     pub unrouted: Arc<RouteMetrics>,
@@ -83,7 +86,13 @@ pub async fn handle(
         .map(|a| a.as_str())
         .or_else(|| head.headers.get(HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
-    let Some(route) = state.routes.find(host, head.uri.path()) else {
+    // The snapshot is read once per request; a reload during the request does not move it.
+    let route = state
+        .snapshot
+        .load()
+        .route(&state.name, host, head.uri.path())
+        .cloned();
+    let Some(route) = route else {
         let detail = format!("no route for host {host:?} path {:?}", head.uri.path());
         log.metrics = Some(state.unrouted.clone());
         return fail(log, Cause::DestinationNotFound, &detail);
@@ -109,7 +118,14 @@ pub async fn handle(
         Err((cause, detail)) => return fail(log, cause, &detail),
     };
     log.bytes_in = body.known_len(&head);
-    forward(route, request::upstream_head(head), &mut body, log, upgrade).await
+    forward(
+        &route,
+        request::upstream_head(head),
+        &mut body,
+        log,
+        upgrade,
+    )
+    .await
 }
 
 /// The attempt loop of one routed request.
@@ -126,7 +142,7 @@ async fn forward(
     let host_from_target = !head.headers.contains_key(HOST);
     route.budget.on_request(log.start);
     let mut rng = fastrand::Rng::new();
-    let mut tried = Tried::default();
+    let mut tried = TriedTargets::default();
     // Attempts made before the latest outage hold: a request back from the hold starts its
     // retries afresh (what came before was refused, nothing was sent).
     let mut before_hold = 0;
@@ -138,7 +154,7 @@ async fn forward(
             Ok(picked) => picked,
             Err(err) => return fail(log, err.cause, &err.detail),
         };
-        tried.insert(target.index);
+        tried.insert(target.id);
         let mut req = match unsent.take() {
             Some(req) => req,
             None => match body.for_attempt() {
@@ -185,7 +201,7 @@ async fn forward(
             duration_ms: started.elapsed(),
         });
         let cause = result.as_ref().err().map(|e| e.cause);
-        route.metrics.attempt(target.index, status, cause);
+        route.metrics.attempt(&target, status, cause);
 
         // A response that is not a retryable status goes straight back to the client; a failure
         // or a retryable status asks the outage hold and the retry rule.
@@ -231,7 +247,7 @@ async fn forward(
                 return fail(log, err.cause, &err.detail);
             }
             // Each target may be tried again after the wait, with the retries of a new request.
-            tried = Tried::default();
+            tried = TriedTargets::default();
             before_hold = log.attempts.len();
             continue;
         }

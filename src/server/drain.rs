@@ -46,6 +46,7 @@ struct Connections {
 }
 
 /// A listener's side: tells it when to stop accepting, and registers its connections.
+#[derive(Clone)]
 pub struct DrainSignal {
     shared: Arc<Shared>,
     closing: watch::Receiver<bool>,

@@ -12,6 +12,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
+use arc_swap::ArcSwap;
+
 use super::drain::{ConnectionDrain, DrainSignal};
 use crate::cause::Cause;
 use crate::config::ListenerConfig;
@@ -22,11 +24,10 @@ use crate::proxy::forward::{self, ListenerState};
 /// connections are refused) or the task is dropped.
 pub async fn serve(
     listener: TcpListener,
-    config: ListenerConfig,
+    config: Arc<ArcSwap<ListenerConfig>>,
     state: Arc<ListenerState>,
     mut drain: DrainSignal,
 ) {
-    let config = Arc::new(config);
     loop {
         let accepted = tokio::select! {
             biased;
@@ -35,17 +36,18 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
+                // Settings are read per connection: a reload changes them for new connections.
                 tokio::spawn(serve_connection(
                     stream,
                     peer,
-                    config.clone(),
+                    config.load_full(),
                     state.clone(),
                     drain.connection(),
                 ));
             }
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%err, listener = %config.name, "accept failed");
+                tracing::warn!(%err, listener = %state.name, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

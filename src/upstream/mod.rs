@@ -57,7 +57,39 @@ pub struct Upstream {
     /// How often active checks run now: faster while nothing serves (H6).
     pace: Arc<Pace>,
     /// Queue rejections, for `/metrics`.
-    pub counters: UpstreamCounters,
+    pub counters: Arc<UpstreamCounters>,
+}
+
+/// Targets one request has tried, by id: positions in an upstream's list can change with a
+/// reload, ids cannot. Remembers the first 8 (a request makes `retries + 1` attempts).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TriedTargets {
+    ids: [u64; 8],
+    len: usize,
+}
+
+impl TriedTargets {
+    pub fn insert(&mut self, id: u64) {
+        if self.len < self.ids.len() && !self.ids[..self.len].contains(&id) {
+            self.ids[self.len] = id;
+            self.len += 1;
+        }
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.ids[..self.len].contains(&id)
+    }
+
+    /// The same set as positions in `targets`, for the balancer.
+    fn positions(&self, targets: &[Arc<Target>]) -> Tried {
+        let mut tried = Tried::default();
+        for (i, t) in targets.iter().enumerate() {
+            if self.contains(t.id) {
+                tried.insert(i);
+            }
+        }
+        tried
+    }
 }
 
 /// Why no target could be had right now.
@@ -71,25 +103,48 @@ enum Pick {
 
 impl Upstream {
     pub fn new(name: &str, config: UpstreamConfig) -> Self {
+        Self::build(name, config, None)
+    }
+
+    /// The same upstream with a changed config (a reload): targets whose address is still
+    /// listed keep their `Arc<Target>` — pool, health, ejection, slow-start ramp, counters —
+    /// as long as nothing about how a target is reached or judged changed; the others are new
+    /// and start as a target joining a pool. Waiters and counters carry over too.
+    pub fn rebuild(&self, config: UpstreamConfig) -> Self {
+        let keep = same_target_settings(&self.config, &config);
+        Self::build(&self.name, config, Some((self, keep)))
+    }
+
+    fn build(name: &str, config: UpstreamConfig, previous: Option<(&Upstream, bool)>) -> Self {
         let settings = PoolSettings {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             max_idle: config.max_idle_per_target,
             max_response_header_bytes: config.max_response_header_bytes,
         };
-        let changed = Arc::new(Notify::new());
+        let changed = previous.map_or_else(|| Arc::new(Notify::new()), |(p, _)| p.changed.clone());
         let policy = Policy::from_upstream(&config);
+        let serving = previous.is_some_and(|(p, _)| p.has_routable_target());
         let targets = config
             .targets
             .iter()
-            .enumerate()
-            .map(|(i, addr)| {
+            .map(|addr| {
+                let kept = previous
+                    .filter(|(_, keep)| *keep)
+                    .and_then(|(p, _)| p.targets.iter().find(|t| &*t.addr == addr.as_str()));
+                if let Some(t) = kept {
+                    return t.clone();
+                }
+                let health = if serving {
+                    TargetHealth::added(policy, Instant::now())
+                } else {
+                    TargetHealth::new(policy)
+                };
                 Arc::new(Target::new(
-                    i,
                     addr,
                     settings.clone(),
                     config.max_connections,
-                    TargetHealth::new(policy),
+                    health,
                     changed.clone(),
                 ))
             })
@@ -116,8 +171,13 @@ impl Upstream {
             changed,
             queued: AtomicUsize::new(0),
             eject_lock: std::sync::Mutex::new(()),
-            counters: UpstreamCounters::default(),
+            counters: previous.map_or_else(Arc::default, |(p, _)| p.counters.clone()),
         }
+    }
+
+    /// The target with this id, if it is still in this upstream.
+    pub fn target_by_id(&self, id: u64) -> Option<&Arc<Target>> {
+        self.targets.iter().find(|t| t.id == id)
     }
 
     /// Requests waiting in the queue now.
@@ -136,10 +196,10 @@ impl Upstream {
     }
 
     /// Whether some routable target is not in `tried`: a retry could go somewhere new.
-    pub fn has_untried_routable(&self, tried: Tried) -> bool {
+    pub fn has_untried_routable(&self, tried: TriedTargets) -> bool {
         self.targets
             .iter()
-            .any(|t| t.routable() && !tried.contains(t.index))
+            .any(|t| t.routable() && !tried.contains(t.id))
     }
 
     /// A target and an in-flight slot on it for the next attempt, preferring targets not in
@@ -147,7 +207,7 @@ impl Upstream {
     /// to `held`), never past `deadline`.
     pub async fn acquire(
         &self,
-        tried: Tried,
+        tried: TriedTargets,
         deadline: Instant,
         held: &mut Held,
     ) -> Result<(Arc<Target>, InFlight), UpstreamError> {
@@ -162,7 +222,7 @@ impl Upstream {
 
     async fn acquire_waiting(
         &self,
-        tried: Tried,
+        tried: TriedTargets,
         deadline: Instant,
         held: &mut Held,
     ) -> Result<(Arc<Target>, InFlight), UpstreamError> {
@@ -221,8 +281,9 @@ impl Upstream {
         }
     }
 
-    fn try_pick(&self, tried: Tried) -> Pick {
+    fn try_pick(&self, tried: TriedTargets) -> Pick {
         let now = Instant::now();
+        let tried = tried.positions(&self.targets);
         let healthy = self.targets.iter().filter(|t| t.routable()).count();
         // Panic mode spreads load when few targets are healthy; with none healthy (or none ever
         // healthy yet) it does not apply: that is the outage hold.
@@ -313,6 +374,9 @@ impl Upstream {
         err: Option<&UpstreamError>,
         status: Option<http::StatusCode>,
     ) {
+        if let Some(e) = err {
+            target.counters.failed(e.cause);
+        }
         let verdict = match (err, status) {
             (Some(e), _) => passive::classify_error(e),
             (None, Some(s)) => passive::classify_status(s.as_u16(), &self.config.passive),
@@ -357,7 +421,11 @@ impl Upstream {
                     tracing::debug!(target = %target.addr, detail = %outcome.detail, "health check failed");
                 }
                 let now = Instant::now();
-                let others_serve = me.targets.iter().any(|t| t.index != i && t.routable());
+                // A target that becomes ready while others serve ramps up (slow start).
+                let others_serve = me
+                    .targets
+                    .iter()
+                    .any(|t| !Arc::ptr_eq(t, target) && t.routable());
                 target.observe(|h| {
                     // Slow start only for a target joining a pool that already serves; with
                     // nothing else serving, one pass brings it back at full weight (H6).
@@ -416,4 +484,29 @@ impl Drop for QueueSlot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// Whether targets built for `a` can serve `b` unchanged: everything but the upstream-level
+/// policy (target list, balancing, queue, panic mode, health-check details other than the
+/// thresholds, body idle timeout) must be equal. Anything new in the config counts as
+/// target-level until listed here, so a reload errs towards fresh targets.
+fn same_target_settings(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
+    let neutral = |c: &UpstreamConfig| {
+        let mut c = c.clone();
+        c.targets.clear();
+        c.balance = crate::config::Balance::RoundRobin;
+        c.queue_size = 0;
+        c.queue_timeout = std::time::Duration::ZERO;
+        c.panic_threshold = None;
+        c.body_idle_timeout = std::time::Duration::ZERO;
+        c.outage_hold = std::time::Duration::ZERO;
+        c.outage_hold_queue = 0;
+        c.health = c.health.map(|h| crate::config::HealthConfig {
+            rise: h.rise,
+            fall: h.fall,
+            ..crate::config::HealthConfig::http("/")
+        });
+        c
+    };
+    neutral(a) == neutral(b)
 }

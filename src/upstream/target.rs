@@ -17,7 +17,9 @@ const FULL: u8 = 1;
 const RAMPING: u8 = 2;
 
 pub struct Target {
-    pub index: usize,
+    /// Unique for the life of the process: a target kept across a reload keeps its id, while
+    /// its position in the upstream's list may change.
+    pub id: u64,
     pub addr: Arc<str>,
     pub pool: TargetPool,
     in_flight: AtomicU32,
@@ -38,7 +40,6 @@ pub struct Target {
 
 impl Target {
     pub(super) fn new(
-        index: usize,
         addr: &str,
         settings: PoolSettings,
         max_in_flight: Option<u32>,
@@ -46,8 +47,9 @@ impl Target {
         changed: Arc<Notify>,
     ) -> Self {
         let addr: Arc<str> = Arc::from(addr);
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let target = Self {
-            index,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             pool: TargetPool::new(addr.clone(), settings),
             addr,
             in_flight: AtomicU32::new(0),

@@ -353,7 +353,7 @@ async fn panic_mode_balances_over_all_targets_when_too_few_are_healthy() {
 
 #[tokio::test(start_paused = true)]
 async fn panic_mode_does_not_skip_the_outage_hold_or_the_fast_503() {
-    use gatewise::upstream::{balancer::Tried, hold::Held, Upstream};
+    use gatewise::upstream::{hold::Held, TriedTargets, Upstream};
     // Nothing listens on these ports and no check has passed: panic mode must not send traffic
     // to targets nobody has seen healthy.
     let mut cfg =
@@ -364,7 +364,7 @@ async fn panic_mode_does_not_skip_the_outage_hold_or_the_fast_503() {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
     let mut held = Held::default();
     let err = up
-        .acquire(Tried::default(), deadline, &mut held)
+        .acquire(TriedTargets::default(), deadline, &mut held)
         .await
         .err()
         .expect("no target handed out");

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod admin;
 mod chaos;
 mod config;
 mod demo;
@@ -12,5 +13,6 @@ mod health;
 mod hold;
 mod metrics;
 mod proxy;
+mod reload;
 mod run;
 mod websocket;

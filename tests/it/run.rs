@@ -24,9 +24,14 @@ impl Drop for Running {
 
 impl Running {
     fn start(config: &Path) -> Running {
+        Self::start_with_env(config, &[])
+    }
+
+    fn start_with_env(config: &Path, env: &[(&str, &Path)]) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gatewise"))
             .args(["run", "--config"])
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -114,4 +119,178 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
     assert_eq!(line["status"], 200);
     drop(gw);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn signal(gw: &Running, name: &str) {
+    // The shell's builtin `kill`: no procps needed on a minimal machine.
+    let cmd = format!("kill -{name} {}", gw.child.id());
+    assert!(Command::new("sh")
+        .args(["-c", &cmd])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn one_route(dir: &Path, target: std::net::SocketAddr) -> std::path::PathBuf {
+    let config = dir.join("gatewise.toml");
+    std::fs::write(&config, route_to(target)).unwrap();
+    config
+}
+
+fn route_to(target: std::net::SocketAddr) -> String {
+    format!(
+        "watch_config = false\ndrain_delay = \"0s\"\naccess_log = \"off\"\n[admin]\nlisten = \"off\"\n\
+         [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\
+         [[route]]\nupstream = \"app\"\n\
+         [upstream.app]\ntargets = [\"{target}\"]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_never_ends_the_process() {
+    let (a, b) = (upstream::ok("a").await, upstream::ok("b").await);
+    let dir = std::env::temp_dir().join(format!("gatewise-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = one_route(&dir, a.addr);
+    let gw = Running::start(&config);
+    let line = gw.wait_for_line("listening listener=public");
+    let url = format!("http://{}/", line.rsplit("addr=").next().unwrap().trim());
+    let c = client();
+    assert_eq!(&get(&c, &url).await.1[..], b"a");
+
+    std::fs::write(&config, route_to(b.addr)).unwrap();
+    signal(&gw, "HUP");
+    gw.wait_for_line("config reloaded");
+    assert_eq!(&get(&c, &url).await.1[..], b"b");
+
+    // A broken file: the reload fails, says where, and the process serves on.
+    std::fs::write(&config, "[[route]]\nupstream = 7\n").unwrap();
+    signal(&gw, "HUP");
+    let failed = gw.wait_for_line("config reload failed");
+    assert!(failed.contains("gatewise.toml:2:"), "{failed}");
+    assert_eq!(&get(&c, &url).await.1[..], b"b");
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_reloading_ready_stopping_in_order() {
+    let a = upstream::ok("a").await;
+    let dir = std::env::temp_dir().join(format!("gatewise-notify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = one_route(&dir, a.addr);
+    let socket_path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let next = || {
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).expect("a notify message");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    let gw = Running::start_with_env(&config, &[("NOTIFY_SOCKET", &socket_path)]);
+    assert_eq!(next(), "READY=1");
+    signal(&gw, "HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1");
+    signal(&gw, "TERM");
+    assert_eq!(next(), "STOPPING=1");
+    drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Binary upgrade under load: a client opening a new connection for every request throughout;
+/// a second process takes the sockets over; the first drains and exits 0. Nothing is refused,
+/// reset or failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upgrade_under_load_refuses_nothing_and_the_old_process_exits_0() {
+    let a = upstream::ok("a").await;
+    let dir = std::env::temp_dir().join(format!("gatewise-takeover-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gatewise.toml");
+    let socket = dir.join("upgrade.sock");
+    let src = format!("upgrade_socket = {socket:?}\n{}", route_to(a.addr));
+    std::fs::write(&config, src).unwrap();
+    let mut old = Running::start(&config);
+    let line = old.wait_for_line("listening listener=public");
+    let addr: std::net::SocketAddr = line.rsplit("addr=").next().unwrap().trim().parse().unwrap();
+
+    // Load: sequential requests, each on a new connection (`Connection: close`).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match one_shot(addr).await {
+                    Ok(status) if status.starts_with("HTTP/1.1 200") => ok += 1,
+                    Ok(status) => failed.push(status),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = Command::new(env!("CARGO_BIN_EXE_gatewise"))
+        .args(["run", "--takeover", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the new process");
+    let new_err = new.stderr.take().unwrap();
+    let (tx, new_lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(new_err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // The old process hands over, finishes and exits 0 by itself.
+    old.wait_for_line("binary upgrade: the new process serves the sockets");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = old.child.wait().unwrap();
+        std::mem::forget(old);
+        status
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the old process exits 0 after its drain"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    let _ = new.kill();
+    let _ = new.wait();
+    let new_log: Vec<String> = new_lines.try_iter().collect();
+    assert!(
+        new_log
+            .iter()
+            .any(|l| l.contains("serving the socket handed over")),
+        "{new_log:#?}"
+    );
+    assert!(failed.is_empty(), "{} ok, failed: {failed:?}", ok);
+    assert!(ok > 50, "only {ok} requests");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One request on a new connection; the status line, or the transport error.
+async fn one_shot(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    Ok(text.lines().next().unwrap_or("").to_string())
 }

@@ -71,3 +71,14 @@ pub const TUNNELS_OPEN_HELP: &str = "Upgraded connections (WebSocket tunnels) op
 pub const TUNNELS: &str = "gatewise_tunnels_total";
 pub const TUNNELS_HELP: &str =
     "Upgraded connections (WebSocket tunnels) ended, by route and who closed: client, upstream, idle_timeout, shutdown";
+pub const RELOADS: &str = "gatewise_config_reloads_total";
+pub const RELOADS_HELP: &str =
+    "Config reloads by result: ok (a new snapshot serves) or failed (the running config was kept)";
+
+pub const CONFIG_GENERATION: &str = "gatewise_config_generation";
+pub const CONFIG_GENERATION_HELP: &str =
+    "Generation of the config serving now: 1 at start, +1 for every applied reload";
+
+pub const CONFIG_LAST_RELOAD: &str = "gatewise_config_last_reload_timestamp_seconds";
+pub const CONFIG_LAST_RELOAD_HELP: &str =
+    "Unix time of the last reload attempt (ok or failed); 0 before the first";

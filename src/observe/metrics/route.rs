@@ -34,6 +34,8 @@ impl Lazy {
 
 /// Attempts on one target, by outcome.
 pub struct TargetAttempts {
+    /// [`crate::upstream::Target::id`].
+    id: u64,
     upstream: Arc<str>,
     target: Arc<str>,
     by_status: Lazy,
@@ -70,7 +72,7 @@ impl TargetAttempts {
     }
 }
 
-/// The handles of one upstream's targets, indexed like `Upstream::targets`; shared by routes.
+/// The handles of one upstream's targets (found by target id); shared by routes.
 pub struct UpstreamMetrics {
     pub targets: Vec<TargetAttempts>,
 }
@@ -81,6 +83,7 @@ impl UpstreamMetrics {
             .targets
             .iter()
             .map(|t| TargetAttempts {
+                id: t.id,
                 upstream: upstream.name.clone(),
                 target: t.addr.clone(),
                 by_status: Lazy::new(SLOTS.len()),
@@ -158,9 +161,16 @@ impl RouteMetrics {
         }
     }
 
-    /// One attempt on the target at `index` of the route's upstream ended.
-    pub fn attempt(&self, index: usize, status: Option<StatusCode>, cause: Option<Cause>) {
-        if let Some(t) = self.upstream.as_ref().and_then(|u| u.targets.get(index)) {
+    /// One attempt on `target` of the route's upstream ended.
+    pub fn attempt(
+        &self,
+        target: &crate::upstream::Target,
+        status: Option<StatusCode>,
+        cause: Option<Cause>,
+    ) {
+        let targets = self.upstream.as_ref().map_or(&[][..], |u| &u.targets[..]);
+        // Pools are small: a scan over ids costs about what an index did.
+        if let Some(t) = targets.iter().find(|t| t.id == target.id) {
             t.record(status, cause);
         }
     }

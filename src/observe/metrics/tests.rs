@@ -42,8 +42,8 @@ fn counts_show_in_the_exposition_with_their_labels() {
         Some(Cause::ConnectionRefused),
         Duration::from_millis(1),
     );
-    route.attempt(0, None, Some(Cause::ConnectionRefused));
-    route.attempt(1, Some(StatusCode::OK), None);
+    route.attempt(&up.targets[0], None, Some(Cause::ConnectionRefused));
+    route.attempt(&up.targets[1], Some(StatusCode::OK), None);
     route.retry(RetryReason::NotSent);
     route.retry_stop(StopReason::BudgetExhausted);
     metrics
@@ -81,8 +81,8 @@ fn two_routes_on_one_upstream_share_the_attempt_series() {
     let metrics = Metrics::new([&up]);
     let a = metrics.route(&Arc::from("a"), &up);
     let b = metrics.route(&Arc::from("b"), &up);
-    a.attempt(0, Some(StatusCode::OK), None);
-    b.attempt(0, Some(StatusCode::OK), None);
+    a.attempt(&up.targets[0], Some(StatusCode::OK), None);
+    b.attempt(&up.targets[0], Some(StatusCode::OK), None);
     let text = metrics.encode();
     let line =
         r#"gatewise_upstream_attempts_total{upstream="api",target="127.0.0.1:1",outcome="200"} 2"#;
@@ -121,4 +121,17 @@ fn tunnels_show_open_and_ended_by_who_closed() {
     ] {
         assert!(text.contains(line), "{line} not in {text}");
     }
+}
+
+#[test]
+fn reload_counters_belong_to_their_own_gateway() {
+    let (a, b) = (Metrics::new([]), Metrics::new([]));
+    a.reloads.reloaded("failed", 1);
+    a.reloads.reloaded("ok", 2);
+    assert!(a
+        .encode()
+        .contains("gatewise_config_reloads_total{result=\"failed\"} 1"));
+    assert!(b
+        .encode()
+        .contains("gatewise_config_reloads_total{result=\"failed\"} 0"));
 }

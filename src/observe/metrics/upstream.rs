@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::{counter_base, names};
+use crate::cause::Cause;
 use crate::upstream::health::state::State;
 use crate::upstream::hold::HoldReject;
 use crate::upstream::Upstream;
@@ -35,13 +36,37 @@ fn state_index(s: State) -> usize {
     }
 }
 
-/// Health transitions of one target, by the state entered.
+/// When a target last failed an attempt, and with what.
+pub type LastCause = (std::time::SystemTime, Cause);
+
+/// Health transitions of one target, by the state entered; failed attempts by cause (for the
+/// status page's "recent causes").
 #[derive(Debug, Default)]
 pub struct TargetCounters {
     transitions_to: [AtomicU64; STATES.len()],
+    causes: [AtomicU64; Cause::ALL.len()],
+    last_cause: std::sync::Mutex<Option<LastCause>>,
 }
 
 impl TargetCounters {
+    /// An attempt on this target failed with `cause`.
+    pub fn failed(&self, cause: Cause) {
+        self.causes[cause as usize].fetch_add(1, Ordering::Relaxed);
+        *self.last_cause.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::SystemTime::now(), cause));
+    }
+
+    /// Failed attempts by cause since start (causes never seen left out), and the latest.
+    pub fn causes(&self) -> (Vec<(Cause, u64)>, Option<LastCause>) {
+        let counts = Cause::ALL
+            .into_iter()
+            .map(|c| (c, self.causes[c as usize].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let last = *self.last_cause.lock().unwrap_or_else(|e| e.into_inner());
+        (counts, last)
+    }
+
     pub fn transition(&self, to: State) {
         self.transitions_to[state_index(to)].fetch_add(1, Ordering::Relaxed);
     }
@@ -90,14 +115,17 @@ impl UpstreamCounters {
 
 /// Encodes every upstream's scrape-time series. Gauge names never end in `_total`, so
 /// `counter_base` leaves them as they are.
+/// The upstreams of the snapshot serving now; a reload stores a new list.
+pub type UpstreamList = Arc<arc_swap::ArcSwap<Vec<Arc<Upstream>>>>;
+
 pub struct UpstreamCollector {
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub upstreams: UpstreamList,
 }
 
 impl fmt::Debug for UpstreamCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamCollector")
-            .field("upstreams", &self.upstreams.len())
+            .field("upstreams", &self.upstreams.load().len())
             .finish()
     }
 }
@@ -114,7 +142,7 @@ impl UpstreamCollector {
     ) -> fmt::Result {
         let base = counter_base(name);
         let mut family = encoder.encode_descriptor(base, help, None, kind)?;
-        for up in &self.upstreams {
+        for up in self.upstreams.load().iter() {
             for t in &up.targets {
                 for (label, v) in value(t) {
                     if extra.is_empty() {
@@ -220,14 +248,14 @@ impl Collector for UpstreamCollector {
 
         let mut depth =
             e.encode_descriptor(names::QUEUE_DEPTH, names::QUEUE_DEPTH_HELP, None, Gauge)?;
-        for up in &self.upstreams {
+        for up in self.upstreams.load().iter() {
             let v = i64::try_from(up.queue_depth()).unwrap_or(i64::MAX);
             ConstGauge::new(v).encode(depth.encode_family(&[("upstream", &*up.name)])?)?;
         }
         let base = counter_base(names::QUEUE_REJECTIONS);
         let mut rejections =
             e.encode_descriptor(base, names::QUEUE_REJECTIONS_HELP, None, Counter)?;
-        for up in &self.upstreams {
+        for up in self.upstreams.load().iter() {
             for why in QueueReject::ALL {
                 let labels = [("upstream", &*up.name), ("reason", why.as_str())];
                 ConstCounter::new(up.counters.rejections(why))
@@ -244,19 +272,19 @@ impl UpstreamCollector {
         use MetricType::{Counter, Gauge};
         let mut depth =
             e.encode_descriptor(names::HOLD_DEPTH, names::HOLD_DEPTH_HELP, None, Gauge)?;
-        for up in &self.upstreams {
+        for up in self.upstreams.load().iter() {
             let v = i64::try_from(up.hold.depth()).unwrap_or(i64::MAX);
             ConstGauge::new(v).encode(depth.encode_family(&[("upstream", &*up.name)])?)?;
         }
         let base = counter_base(names::HELD_REQUESTS);
         let mut held = e.encode_descriptor(base, names::HELD_REQUESTS_HELP, None, Counter)?;
-        for up in &self.upstreams {
+        for up in self.upstreams.load().iter() {
             ConstCounter::new(up.hold.entered())
                 .encode(held.encode_family(&[("upstream", &*up.name)])?)?;
         }
         let base = counter_base(names::HOLD_REJECTIONS);
         let mut rejected = e.encode_descriptor(base, names::HOLD_REJECTIONS_HELP, None, Counter)?;
-        for up in &self.upstreams {
+        for up in self.upstreams.load().iter() {
             for why in HoldReject::ALL {
                 let labels = [("upstream", &*up.name), ("reason", why.as_str())];
                 ConstCounter::new(up.hold.rejections(why))

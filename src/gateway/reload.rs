@@ -1,0 +1,520 @@
+//! Reload: what is serving ([`Live`]: listener sockets, accept loops, health tasks) and how a
+//! new config replaces it — the spec's semantics: validate fully first and keep the running
+//! config on any error; diff by identity; bind new listener addresses before traffic moves;
+//! one atomic swap of the [`Snapshot`]; then retire removed listeners (they stop accepting, their
+//! connections finish) and restart health checks only for upstreams that changed.
+//!
+//! Triggers: SIGHUP (`run.rs`), `POST /reload` (admin), and a change of the config file — its
+//! directory is watched, so an editor's rename-over and a Kubernetes ConfigMap's symlink swap are
+//! both seen; events are debounced, and a file whose content did not change is not reloaded.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AbortOnDrop, Shared, Snapshot};
+use crate::config::reload::Diff;
+use crate::config::{Config, ConfigErrors, ListenerConfig};
+use crate::lifecycle::upgrade::Inherited;
+use crate::observe::access_log::AccessLog;
+use crate::proxy::forward::ListenerState;
+use crate::server::drain::DrainSignal;
+use crate::upstream::Upstream;
+
+/// Quiet time after a file event before the file is read: editors write in several steps.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// A request to reload from the config file.
+pub struct ReloadRequest {
+    pub source: &'static str,
+    pub reply: Option<oneshot::Sender<ReloadOutcome>>,
+}
+
+/// One config error, as the `POST /reload` answer lists it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReloadError {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// What a reload did: the diff applied, or every error and the generation still serving.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    /// The generation serving after the attempt.
+    pub generation: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Diff>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<ReloadError>,
+    /// One line for a person.
+    pub message: String,
+}
+
+impl ReloadOutcome {
+    pub fn unavailable(why: &str) -> Self {
+        ReloadOutcome {
+            ok: false,
+            generation: 0,
+            applied: None,
+            errors: Vec::new(),
+            message: why.to_string(),
+        }
+    }
+}
+
+/// The last reload, for `/status`.
+#[derive(Default)]
+pub struct ReloadStatus(Mutex<Option<LastReload>>);
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    #[serde(serialize_with = "rfc3339")]
+    pub at: SystemTime,
+    pub source: &'static str,
+    pub ok: bool,
+    pub message: String,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_rfc3339_millis(*t))
+}
+
+impl ReloadStatus {
+    pub fn last(&self) -> Option<LastReload> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, last: LastReload) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
+    }
+}
+
+/// One listener that is serving (or bound, about to).
+struct LiveListener {
+    /// A duplicate of the listening socket, for a binary upgrade's handover.
+    fd: std::os::fd::OwnedFd,
+    /// As configured (port 0 stays 0): a reload keeps the socket while this is unchanged.
+    listen: SocketAddr,
+    bound: SocketAddr,
+    config: Arc<ArcSwap<ListenerConfig>>,
+    state: Arc<ListenerState>,
+    /// The socket until the accept loop starts, then the loop (aborting it closes the socket;
+    /// connections already accepted are tasks of their own and finish).
+    socket: Option<TcpListener>,
+    task: Option<AbortOnDrop>,
+}
+
+/// Everything serving the current snapshot that a reload may replace.
+pub struct Live {
+    shared: Arc<Shared>,
+    access_log: AccessLog,
+    /// Registers new listeners with the drain; released when the drain begins.
+    drain: Option<DrainSignal>,
+    config_path: Option<PathBuf>,
+    /// The file content last applied, so an event without a change does nothing.
+    applied_source: Option<String>,
+    /// In config order.
+    listeners: Vec<(String, LiveListener)>,
+    health: BTreeMap<String, (Arc<Upstream>, AbortOnDrop)>,
+}
+
+impl Live {
+    /// Binds every listener of the current snapshot; nothing is served until [`Live::start`].
+    pub async fn bind(
+        shared: Arc<Shared>,
+        access_log: AccessLog,
+        drain: DrainSignal,
+        inherited: &mut Inherited,
+    ) -> anyhow::Result<Live> {
+        let mut live = Live {
+            shared,
+            access_log,
+            drain: Some(drain),
+            config_path: None,
+            applied_source: None,
+            listeners: Vec::new(),
+            health: BTreeMap::new(),
+        };
+        let config = live.shared.snapshot.load().config.clone();
+        for lc in &config.listeners {
+            let socket = match inherited.take_listener(&lc.name) {
+                Some(s) if super::matches(lc.listen, &s) => {
+                    tracing::info!(listener = %lc.name, "serving the socket handed over by the previous process");
+                    TcpListener::from_std(s)?
+                }
+                _ => TcpListener::bind(lc.listen).await.map_err(|e| {
+                    anyhow::anyhow!("listener {}: cannot listen on {}: {e}", lc.name, lc.listen)
+                })?,
+            };
+            let listener = live.listener(lc, socket)?;
+            live.listeners.push((lc.name.clone(), listener));
+        }
+        Ok(live)
+    }
+
+    pub fn set_config_path(&mut self, path: PathBuf) {
+        self.applied_source = std::fs::read_to_string(&path).ok();
+        self.config_path = Some(path);
+    }
+
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(_, l)| l.bound).collect()
+    }
+
+    fn listener(&self, lc: &ListenerConfig, socket: TcpListener) -> anyhow::Result<LiveListener> {
+        let bound = socket.local_addr()?;
+        Ok(LiveListener {
+            fd: std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned()?,
+            listen: lc.listen,
+            bound,
+            config: Arc::new(ArcSwap::from_pointee(lc.clone())),
+            state: Arc::new(ListenerState {
+                name: lc.name.clone(),
+                snapshot: self.shared.snapshot.clone(),
+                access_log: self.access_log.clone(),
+                unrouted: self.shared.metrics.unrouted(),
+            }),
+            socket: Some(socket),
+            task: None,
+        })
+    }
+
+    /// Starts the accept loops of bound listeners and the health checks of every upstream
+    /// without them.
+    pub fn start(&mut self) {
+        for (name, l) in &mut self.listeners {
+            let (Some(socket), Some(drain)) = (l.socket.take(), self.drain.as_ref()) else {
+                continue;
+            };
+            tracing::info!(listener = %name, addr = %l.bound, "listening");
+            l.task = Some(AbortOnDrop(tokio::spawn(crate::server::listener::serve(
+                socket,
+                l.config.clone(),
+                l.state.clone(),
+                drain.clone(),
+            ))));
+        }
+        let sockets = self
+            .listeners
+            .iter()
+            .filter_map(|(name, l)| Some((name.clone(), l.fd.try_clone().ok()?)))
+            .collect();
+        *self
+            .shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = sockets;
+        let snapshot = self.shared.snapshot.load_full();
+        self.health.retain(|name, (up, _)| {
+            snapshot
+                .upstreams
+                .get(name)
+                .is_some_and(|u| Arc::ptr_eq(u, up))
+        });
+        for (name, upstream) in &snapshot.upstreams {
+            if !self.health.contains_key(name) {
+                let task = AbortOnDrop(tokio::spawn(upstream.clone().run_health()));
+                self.health.insert(name.clone(), (upstream.clone(), task));
+            }
+        }
+    }
+
+    /// Logs what routes where (once, at start: a reload logs its diff instead).
+    pub fn log_routes(&self) {
+        for route in &self.shared.snapshot.load().routes {
+            tracing::info!(
+                route = %route.name,
+                host = %route.config.host,
+                path_prefix = %route.config.path_prefix,
+                upstream = %route.upstream.name,
+                targets = ?route.upstream.config.targets,
+                "routing"
+            );
+        }
+    }
+
+    /// Stops registering connections with the drain, so it can finish, and lets go of the
+    /// listening sockets (the accept loops end; the duplicates kept for a handover close).
+    pub fn release_drain(&mut self) {
+        self.drain = None;
+        self.listeners.clear();
+        self.shared
+            .sockets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    /// Applies reload requests and config-file changes, forever.
+    pub async fn run(&mut self, requests: &mut mpsc::Receiver<ReloadRequest>) {
+        let (events_tx, mut events) = mpsc::channel::<()>(1);
+        let watching = self.shared.snapshot.load().config.watch_config;
+        let _watcher = match &self.config_path {
+            Some(p) if watching => watch(p, events_tx),
+            _ => None,
+        };
+        loop {
+            tokio::select! {
+                Some(request) = requests.recv() => {
+                    let outcome = self.reload(request.source).await;
+                    if let Some(reply) = request.reply {
+                        let _ = reply.send(outcome);
+                    }
+                }
+                Some(()) = events.recv() => {
+                    // Debounce: wait for a quiet moment, then read once.
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+                    self.file_changed().await;
+                }
+                else => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// A file event: reload if the content differs from what was applied last.
+    async fn file_changed(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            return;
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(src) if Some(&src) == self.applied_source.as_ref() => {}
+            Ok(_) => {
+                self.reload("file").await;
+            }
+            // Between an editor's delete and its new file, or a ConfigMap swap in progress:
+            // the next event brings the file back; until then the running config serves.
+            Err(e) => tracing::warn!(
+                file = %path.display(),
+                err = %e,
+                "config file changed but cannot be read; the running config is kept"
+            ),
+        }
+    }
+
+    /// Reads, validates and applies the config file. On any error the running config serves on.
+    pub async fn reload(&mut self, source: &'static str) -> ReloadOutcome {
+        crate::lifecycle::systemd::reloading();
+        let outcome = match self.config_path.clone() {
+            None => Err(message_only(
+                "no config file: gatewise was started without --config, nothing to reload",
+            )),
+            Some(path) => match read(&path) {
+                Err(errors) => Err(errors),
+                Ok((config, src)) => self.apply(config).await.map(|diff| (diff, src)),
+            },
+        };
+        let generation = self.shared.snapshot.load().generation;
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let outcome = match outcome {
+            Ok((diff, src)) => {
+                self.applied_source = Some(src);
+                tracing::info!(generation, source, changes = %diff, "config reloaded");
+                self.shared.metrics.reloads.reloaded("ok", unix);
+                self.shared
+                    .metrics
+                    .reloads
+                    .generation
+                    .set(generation as i64);
+                ReloadOutcome {
+                    ok: true,
+                    generation,
+                    message: format!("generation {generation}: {diff}"),
+                    applied: Some(diff),
+                    errors: Vec::new(),
+                }
+            }
+            Err(errors) => {
+                let lines: Vec<String> = errors.iter().map(describe).collect();
+                tracing::warn!(
+                    generation,
+                    source,
+                    errors = %lines.join("; "),
+                    "config reload failed; the running config is kept"
+                );
+                self.shared.metrics.reloads.reloaded("failed", unix);
+                ReloadOutcome {
+                    ok: false,
+                    generation,
+                    applied: None,
+                    message: format!(
+                        "reload failed ({} error{}); generation {generation} still serves",
+                        errors.len(),
+                        if errors.len() == 1 { "" } else { "s" }
+                    ),
+                    errors,
+                }
+            }
+        };
+        self.shared.reloads.set(LastReload {
+            at: SystemTime::now(),
+            source,
+            ok: outcome.ok,
+            message: outcome.message.clone(),
+        });
+        crate::lifecycle::systemd::notify("READY=1");
+        outcome
+    }
+
+    /// Applies a validated config: bind what is new, swap, then retire and restart what changed.
+    async fn apply(&mut self, config: Config) -> Result<Diff, Vec<ReloadError>> {
+        let old = self.shared.snapshot.load_full();
+        let diff = Diff::between(&old.config, &config);
+        // Bind every new or moved listener before anything changes: a port in use fails the
+        // whole reload with the running config untouched.
+        let mut bound: Vec<(String, LiveListener)> = Vec::new();
+        let mut errors = Vec::new();
+        for lc in &config.listeners {
+            let kept = self
+                .listeners
+                .iter()
+                .any(|(name, l)| *name == lc.name && l.listen == lc.listen);
+            if kept {
+                continue;
+            }
+            match TcpListener::bind(lc.listen).await {
+                Ok(socket) => match self.listener(lc, socket) {
+                    Ok(l) => bound.push((lc.name.clone(), l)),
+                    Err(e) => errors.push(message_error(format!("listener {}: {e}", lc.name))),
+                },
+                Err(e) => errors.push(message_error(format!(
+                    "listener {}: cannot listen on {}: {e}",
+                    lc.name, lc.listen
+                ))),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let snapshot = Snapshot::build(config, Some(&old), &self.shared.metrics);
+        let new_config = snapshot.config.clone();
+        self.shared
+            .metrics
+            .set_upstreams(snapshot.upstreams.values());
+        self.shared.snapshot.store(Arc::new(snapshot));
+        // Listeners: kept ones take their new settings; the rest are replaced or retired.
+        let mut next = Vec::with_capacity(new_config.listeners.len());
+        for lc in &new_config.listeners {
+            let pos = self
+                .listeners
+                .iter()
+                .position(|(name, l)| *name == lc.name && l.listen == lc.listen);
+            match pos {
+                Some(i) => {
+                    let (name, l) = self.listeners.remove(i);
+                    l.config.store(Arc::new(lc.clone()));
+                    next.push((name, l));
+                }
+                None => {
+                    if let Some(i) = bound.iter().position(|(name, _)| *name == lc.name) {
+                        next.push(bound.remove(i));
+                    }
+                }
+            }
+        }
+        for (name, l) in self.listeners.drain(..) {
+            // Stop listening now rather than when the aborted accept loop is dropped: a client
+            // connecting after the reload is refused, never queued on a socket about to close.
+            // (Only here: on the drain path the socket may live on in a new process.)
+            // SAFETY: shutdown on a descriptor we own; it only changes the socket's state.
+            unsafe {
+                libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&l.fd), libc::SHUT_RDWR);
+            }
+            tracing::info!(listener = %name, addr = %l.bound, "listener retired: no longer accepting; open connections finish");
+        }
+        self.listeners = next;
+        self.start();
+        Ok(diff)
+    }
+}
+
+/// Reads and validates the config file; the content is kept to tell real changes from events.
+fn read(path: &Path) -> Result<(Config, String), Vec<ReloadError>> {
+    let src = std::fs::read_to_string(path).map_err(|e| errors_of(ConfigErrors::io(path, e)))?;
+    crate::config::parse(&src, &path.display().to_string())
+        .map(|c| (c, src))
+        .map_err(errors_of)
+}
+
+fn errors_of(errors: ConfigErrors) -> Vec<ReloadError> {
+    errors
+        .0
+        .into_iter()
+        .map(|e| ReloadError {
+            file: e.file,
+            line: e.line,
+            column: e.column,
+            field: e.field,
+            message: e.message,
+        })
+        .collect()
+}
+
+fn message_error(message: String) -> ReloadError {
+    ReloadError {
+        file: String::new(),
+        line: 0,
+        column: 0,
+        field: String::new(),
+        message,
+    }
+}
+
+fn message_only(message: &str) -> Vec<ReloadError> {
+    vec![message_error(message.to_string())]
+}
+
+/// `file:line:col: field: message`, as `gatewise check` prints it.
+fn describe(e: &ReloadError) -> String {
+    match (e.line, e.field.is_empty()) {
+        (0, _) if e.file.is_empty() => e.message.clone(),
+        (0, _) => format!("{}: {}", e.file, e.message),
+        (_, true) => format!("{}:{}:{}: {}", e.file, e.line, e.column, e.message),
+        (_, false) => format!(
+            "{}:{}:{}: {}: {}",
+            e.file, e.line, e.column, e.field, e.message
+        ),
+    }
+}
+
+/// Watches the directory holding `path` (not the file: editors and ConfigMaps replace it).
+/// Every event is a hint; the content decides whether anything changed.
+fn watch(path: &Path, events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let handler = move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // Full means an event is already pending: one is enough.
+            let _ = events.try_send(());
+        }
+    };
+    let watcher = notify::recommended_watcher(handler).and_then(|mut w| {
+        w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(w)
+    });
+    match watcher {
+        Ok(w) => {
+            tracing::info!(dir = %dir.display(), "watching the config file's directory for changes");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), err = %e, "cannot watch the config file; reload with SIGHUP or POST /reload");
+            None
+        }
+    }
+}

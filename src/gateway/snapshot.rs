@@ -1,0 +1,111 @@
+//! The configuration serving now, as one value: routes by name, route tables by listener,
+//! upstreams by name. Requests load it once (`ArcSwap`); a reload builds the next one from the
+//! previous, keeping what did not change by identity — an upstream whose config is equal is the
+//! same `Arc<Upstream>` (pools, health, ejections, counters), a changed one keeps the targets
+//! whose address is still listed, and a route with the same name, config and upstream keeps its
+//! retry budget.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::observe::metrics::Metrics;
+use crate::proxy::forward::Route;
+use crate::proxy::retry::RetryBudget;
+use crate::routing::RouteTable;
+use crate::upstream::Upstream;
+
+/// One generation of the gateway's configuration, ready to serve.
+pub struct Snapshot {
+    /// 1 at start, +1 for every applied reload.
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Every route, in config order.
+    pub routes: Vec<Arc<Route>>,
+    /// Route tables by listener name.
+    tables: HashMap<String, RouteTable<Arc<Route>>>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot for `config`. With `previous`, unchanged upstreams and routes are
+    /// carried over by identity (see the module doc).
+    pub fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+        let upstreams: BTreeMap<String, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|(name, cfg)| {
+                let old = previous.and_then(|p| p.upstreams.get(name));
+                let upstream = match old {
+                    Some(old) if old.config == *cfg => old.clone(),
+                    Some(old) => Arc::new(old.rebuild(cfg.clone())),
+                    None => Arc::new(Upstream::new(name, cfg.clone())),
+                };
+                (name.clone(), upstream)
+            })
+            .collect();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        let mut tables: HashMap<String, Vec<_>> = HashMap::new();
+        for rc in &config.routes {
+            // Validation guarantees the upstream exists.
+            let Some(upstream) = upstreams.get(&rc.upstream) else {
+                continue;
+            };
+            let old = previous.and_then(|p| p.routes.iter().find(|r| *r.name == *rc.name));
+            let route = match old {
+                Some(old) if old.config == *rc && Arc::ptr_eq(&old.upstream, upstream) => {
+                    old.clone()
+                }
+                _ => {
+                    let name: Arc<str> = Arc::from(rc.name.as_str());
+                    Arc::new(Route {
+                        metrics: metrics.route(&name, upstream),
+                        name,
+                        budget: RetryBudget::for_route(rc, tokio::time::Instant::now()),
+                        config: rc.clone(),
+                        upstream: upstream.clone(),
+                    })
+                }
+            };
+            tables.entry(rc.listener.clone()).or_default().push((
+                rc.host.clone(),
+                rc.path_prefix.clone(),
+                route.clone(),
+            ));
+            routes.push(route);
+        }
+        Snapshot {
+            generation: previous.map_or(1, |p| p.generation + 1),
+            config: Arc::new(config),
+            upstreams,
+            routes,
+            tables: tables
+                .into_iter()
+                .map(|(listener, entries)| (listener, RouteTable::new(entries)))
+                .collect(),
+        }
+    }
+
+    /// The route of listener `listener` for `host` and `path`.
+    pub fn route(&self, listener: &str, host: &str, path: &str) -> Option<&Arc<Route>> {
+        self.tables.get(listener)?.find(host, path)
+    }
+
+    /// `None` when every route has a target that can take traffic; otherwise why not.
+    pub fn not_ready(&self) -> Option<String> {
+        self.routes
+            .iter()
+            .find(|r| !r.upstream.has_routable_target())
+            .map(|r| {
+                let never = if r.upstream.never_healthy() {
+                    " (it has never been healthy since start)"
+                } else {
+                    ""
+                };
+                format!(
+                    "route {} has no healthy target in {}{never}",
+                    r.name, r.upstream.name
+                )
+            })
+    }
+}
