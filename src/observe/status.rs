@@ -69,7 +69,10 @@ pub fn document(shared: &Shared) -> Value {
                 })
                 .collect();
             let doc = json!({
-                "balance": format!("{:?}", up.config.balance),
+                "balance": match up.config.balance {
+                    crate::config::Balance::RoundRobin => "round_robin",
+                    crate::config::Balance::LeastRequest => "least_request",
+                },
                 "queue_depth": up.queue_depth(),
                 "held": up.hold.depth(),
                 "never_healthy": up.never_healthy(),

@@ -342,3 +342,25 @@ async fn ten_reloads_in_a_row_each_answer_and_the_last_one_serves() {
     let url = format!("http://{}/", gw.addrs[0]);
     assert_eq!(&get(&client(), &url).await.1[..], b"1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_tunnel_survives_a_reload_that_removes_its_upstream() {
+    use crate::support::websocket::{connect, next, ws_upstream};
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (ws_up, _closes) = ws_upstream().await;
+    let other = upstream::ok("other").await;
+    let gw = start("ws", &app(&[ws_up.addr])).await;
+    let mut ws = connect(gw.addrs[0], "/chat").await;
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("before"));
+
+    std::fs::write(&gw.path, app(&[other.addr])).unwrap();
+    let outcome = gw.shared.reload("test").await;
+    assert!(outcome.ok, "{outcome:?}");
+    // New requests go to the new target; the tunnel still talks to the old one.
+    let url = format!("http://{}/", gw.addrs[0]);
+    assert_eq!(&get(&client(), &url).await.1[..], b"other");
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("after"));
+}
