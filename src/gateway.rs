@@ -60,11 +60,11 @@ pub struct Gateway {
 impl Gateway {
     /// Builds the runtime state and binds every socket (port 0 picks a free port).
     pub async fn bind(config: &Config, access_log: AccessLog) -> anyhow::Result<Gateway> {
-        let upstreams: BTreeMap<String, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|(name, cfg)| (name.clone(), Arc::new(Upstream::new(name, cfg.clone()))))
-            .collect();
+        let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+        for (name, cfg) in &config.upstreams {
+            let upstream = Upstream::try_new(name, cfg.clone()).map_err(anyhow::Error::msg)?;
+            upstreams.insert(name.clone(), Arc::new(upstream));
+        }
         let mut metrics = Metrics::new(upstreams.values());
         metrics.register_access_log(&access_log);
         let mut all_routes = Vec::new();

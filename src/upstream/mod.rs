@@ -7,10 +7,12 @@
 //! answer while no target has ever been healthy — and otherwise fails fast with a 503 cause, never hangs.
 
 pub mod balancer;
+pub mod connect;
 pub mod health;
 pub mod io;
 pub mod pool;
 mod target;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use health::pool_rules::{may_eject, panic_mode};
 use health::state::{Policy, State, TargetHealth};
 use pool::PoolSettings;
 pub use target::{InFlight, Target};
+use tls::TlsClient;
 
 /// A named pool of targets with one balancing policy.
 pub struct Upstream {
@@ -45,6 +48,8 @@ pub struct Upstream {
     ever_routable: AtomicBool,
     /// Queue rejections, for `/metrics`.
     pub counters: UpstreamCounters,
+    /// `protocol = "https"`: the TLS client its pools and health checks share.
+    tls: Option<Arc<TlsClient>>,
 }
 
 /// Why no target could be had right now.
@@ -57,12 +62,30 @@ enum Pick {
 }
 
 impl Upstream {
+    /// An upstream as `config` says; panics when its TLS files cannot be loaded (they were
+    /// checked by validation: use [`Upstream::try_new`] where they may have changed since).
     pub fn new(name: &str, config: UpstreamConfig) -> Self {
+        Self::try_new(name, config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An upstream as `config` says, or why its TLS client cannot be built.
+    pub fn try_new(name: &str, config: UpstreamConfig) -> Result<Self, String> {
+        let tls = match &config.tls {
+            Some(cfg) => {
+                if cfg.insecure_skip_verify {
+                    tracing::warn!(upstream = name, "insecure_skip_verify = true: the targets' certificates are NOT verified; anyone on the path can impersonate them");
+                }
+                let client = TlsClient::new(cfg).map_err(|e| format!("upstream {name}: {e}"))?;
+                Some(Arc::new(client))
+            }
+            None => None,
+        };
         let settings = PoolSettings {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             max_idle: config.max_idle_per_target,
             max_response_header_bytes: config.max_response_header_bytes,
+            tls: tls.clone(),
         };
         let changed = Arc::new(Notify::new());
         let policy = Policy::from_upstream(&config);
@@ -82,7 +105,8 @@ impl Upstream {
             })
             .collect::<Vec<Arc<Target>>>();
         let ever_routable = AtomicBool::new(targets.iter().any(|t| t.routable()));
-        Self {
+        Ok(Self {
+            tls,
             ever_routable,
             name: Arc::from(name),
             balancer: Balancer::new(config.balance),
@@ -92,7 +116,7 @@ impl Upstream {
             queued: AtomicUsize::new(0),
             eject_lock: std::sync::Mutex::new(()),
             counters: UpstreamCounters::default(),
-        }
+        })
     }
 
     /// Requests waiting in the queue now.
@@ -274,7 +298,9 @@ impl Upstream {
             // The first check of each target is worth a line when it fails: a target that is
             // down from the start has no transition to log, and would otherwise be silent.
             let first: Vec<AtomicBool> = addrs.iter().map(|_| AtomicBool::new(true)).collect();
-            tokio::spawn(health::active::run_checks(addrs, cfg, move |i, outcome| {
+            let interval = cfg.interval;
+            let prober = health::active::ConfiguredProbe::new(cfg, self.tls.clone());
+            tokio::spawn(health::active::run_checks_with(addrs, interval, prober, move |i, outcome| {
                 let target = &me.targets[i];
                 let first_result = first[i].swap(false, Ordering::Relaxed);
                 if !outcome.ok && first_result {
