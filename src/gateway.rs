@@ -19,6 +19,7 @@ use crate::proxy::forward::{ListenerState, Route};
 use crate::proxy::retry::RetryBudget;
 use crate::routing::RouteTable;
 use crate::server::drain::Drain;
+use crate::server::tls::{CertStore, Terminator};
 use crate::upstream::Upstream;
 
 /// State shared by the whole gateway (the admin listener reads it).
@@ -28,6 +29,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Set when shutdown began: `/ready` answers 503 from then on.
     pub draining: AtomicBool,
+    /// The certificate store of each TLS listener, by listener name (for `/status`).
+    pub certificates: Vec<(String, Arc<CertStore>)>,
 }
 
 impl Shared {
@@ -48,9 +51,17 @@ impl Shared {
     }
 }
 
+/// One listener's socket, state and TLS side.
+type Bound = (
+    ListenerConfig,
+    TcpListener,
+    Arc<ListenerState>,
+    Option<Arc<Terminator>>,
+);
+
 /// A gateway with its sockets bound, ready to serve.
 pub struct Gateway {
-    listeners: Vec<(ListenerConfig, TcpListener, Arc<ListenerState>)>,
+    listeners: Vec<Bound>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
     drain_delay: Duration,
@@ -69,6 +80,7 @@ impl Gateway {
         metrics.register_access_log(&access_log);
         let mut all_routes = Vec::new();
         let mut listeners = Vec::new();
+        let mut certificates = Vec::new();
         for lc in &config.listeners {
             let mut entries = Vec::new();
             for (i, rc) in config.routes.iter().enumerate() {
@@ -93,12 +105,25 @@ impl Gateway {
             let socket = TcpListener::bind(lc.listen)
                 .await
                 .with_context(|| format!("listener {}: cannot listen on {}", lc.name, lc.listen))?;
+            let tls = match &lc.tls {
+                Some(tc) => {
+                    let t = Terminator::new(tc)
+                        .map_err(|e| anyhow::anyhow!("listener {}: {e}", lc.name))?;
+                    t.warn_expiry(&lc.name);
+                    Some(Arc::new(t))
+                }
+                None => None,
+            };
             let state = Arc::new(ListenerState {
                 routes: RouteTable::new(entries),
                 access_log: access_log.clone(),
                 unrouted: metrics.unrouted(),
+                scheme: if tls.is_some() { "https" } else { "http" },
             });
-            listeners.push((lc.clone(), socket, state));
+            if let Some(t) = &tls {
+                certificates.push((lc.name.clone(), t.store.clone()));
+            }
+            listeners.push((lc.clone(), socket, state, tls));
         }
         let admin = match config.admin.listen {
             Some(addr) => Some(
@@ -108,7 +133,9 @@ impl Gateway {
             ),
             None => None,
         };
+        metrics.register_certificates(certificates.clone());
         let shared = Arc::new(Shared {
+            certificates,
             upstreams,
             routes: all_routes,
             metrics,
@@ -127,7 +154,7 @@ impl Gateway {
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listeners
             .iter()
-            .filter_map(|(_, l, _)| l.local_addr().ok())
+            .filter_map(|(_, l, _, _)| l.local_addr().ok())
             .collect()
     }
 
@@ -151,16 +178,20 @@ impl Gateway {
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) -> usize {
         let drain = Drain::default();
         let mut tasks = JoinSet::new();
-        for (config, socket, state) in self.listeners {
+        for (config, socket, state, tls) in self.listeners {
             tracing::info!(
                 listener = %config.name,
                 addr = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 "listening"
             );
+            if let Some(t) = &tls {
+                tasks.spawn(t.clone().watch(config.name.clone()));
+            }
             tasks.spawn(crate::server::listener::serve(
                 socket,
                 config,
                 state,
+                tls,
                 drain.signal(),
             ));
         }

@@ -68,8 +68,34 @@ fn status_json(shared: &Shared) -> String {
         "ready": ready.is_none(),
         "not_ready_reason": ready,
         "upstreams": upstreams,
+        "certificates": certificates_json(shared),
     });
     format!("{doc:#}\n")
+}
+
+/// Each TLS listener's certificates: names, expiry and seconds left (negative once expired).
+fn certificates_json(shared: &Shared) -> serde_json::Value {
+    let now = std::time::SystemTime::now();
+    let listeners: serde_json::Map<String, serde_json::Value> = shared
+        .certificates
+        .iter()
+        .map(|(listener, store)| {
+            let certs: Vec<serde_json::Value> = store
+                .infos()
+                .iter()
+                .map(|c| {
+                    serde_json::json!({
+                        "names": c.names,
+                        "subject": c.subject,
+                        "not_after": humantime::format_rfc3339(c.not_after).to_string(),
+                        "seconds_to_expiry": c.seconds_left(now),
+                    })
+                })
+                .collect();
+            (listener.clone(), serde_json::Value::from(certs))
+        })
+        .collect();
+    serde_json::Value::Object(listeners)
 }
 
 fn respond<B>(shared: &Shared, req: &Request<B>) -> Response<Full<Bytes>> {

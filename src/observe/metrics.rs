@@ -13,6 +13,7 @@ pub mod names;
 mod route;
 #[cfg(test)]
 mod tests;
+mod tls;
 pub mod upstream;
 
 use std::borrow::Cow;
@@ -138,6 +139,17 @@ impl Metrics {
             names::ACCESS_LOG_DROPPED_HELP,
             log.dropped().clone(),
         );
+    }
+
+    /// Exposes seconds to expiry of the certificates of each TLS listener (by listener name).
+    pub fn register_certificates(
+        &mut self,
+        stores: Vec<(String, Arc<crate::server::tls::CertStore>)>,
+    ) {
+        if !stores.is_empty() {
+            self.registry
+                .register_collector(Box::new(tls::CertificateCollector { stores }));
+        }
     }
 
     /// The handles of one route (`name` is the route label); built once, at gateway build time.

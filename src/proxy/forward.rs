@@ -40,6 +40,8 @@ pub struct ListenerState {
     pub access_log: AccessLog,
     /// Counts requests rejected before a route matched.
     pub unrouted: Arc<RouteMetrics>,
+    /// `"https"` on a TLS listener, else `"http"`: for `X-Forwarded-Proto`, `Forwarded` and the log.
+    pub scheme: &'static str,
 }
 
 /// Handles one client request; never fails: every error becomes a response with its cause.
@@ -52,7 +54,7 @@ pub async fn handle(
     let mut log = RequestLog {
         log: state.access_log.clone(),
         start: Instant::now(),
-        request_id: headers::prepare_request(&mut head.headers, client),
+        request_id: headers::prepare_request(&mut head.headers, client, state.scheme),
         client,
         method: head.method.clone(),
         host: head.headers.get(HOST).cloned(),
@@ -61,6 +63,7 @@ pub async fn handle(
         upstream: None,
         target: None,
         status: 0,
+        scheme: state.scheme,
         bytes_in: 0,
         cause: None,
         retry_stop: None,

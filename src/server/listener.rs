@@ -10,9 +10,11 @@ use std::time::{Duration, SystemTime};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 
 use super::drain::{ConnectionDrain, DrainSignal};
+use super::tls::Terminator;
 use crate::cause::Cause;
 use crate::config::ListenerConfig;
 use crate::observe::access_log::Record;
@@ -24,6 +26,7 @@ pub async fn serve(
     listener: TcpListener,
     config: ListenerConfig,
     state: Arc<ListenerState>,
+    tls: Option<Arc<Terminator>>,
     mut drain: DrainSignal,
 ) {
     let config = Arc::new(config);
@@ -35,13 +38,23 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(serve_connection(
-                    stream,
-                    peer,
-                    config.clone(),
-                    state.clone(),
-                    drain.connection(),
-                ));
+                let _ = stream.set_nodelay(true);
+                let (config, state) = (config.clone(), state.clone());
+                let conn_drain = drain.connection();
+                match tls.clone() {
+                    None => {
+                        tokio::spawn(serve_connection(stream, peer, config, state, conn_drain));
+                    }
+                    // The handshake runs in the connection's own task, so a slow client never
+                    // holds up the accept loop.
+                    Some(tls) => {
+                        tokio::spawn(async move {
+                            if let Some(stream) = tls.accept(stream).await {
+                                serve_connection(stream, peer, config, state, conn_drain).await;
+                            }
+                        });
+                    }
+                }
             }
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -52,18 +65,25 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<IO>(
+    stream: IO,
     peer: SocketAddr,
     config: Arc<ListenerConfig>,
     state: Arc<ListenerState>,
     mut drain: ConnectionDrain,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc_state = state.clone();
+    let redirect = config.redirect_https;
     let service = service_fn(move |req| {
         let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(forward::handle(&state, peer, req).await) }
+        async move {
+            if redirect {
+                return Ok::<_, Infallible>(super::redirect::to_https(&state, peer, &req));
+            }
+            Ok::<_, Infallible>(forward::handle(&state, peer, req).await)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -110,6 +130,7 @@ fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper::Error) {
         upstream: None,
         target: None,
         status,
+        scheme: state.scheme,
         duration_ms: Duration::ZERO,
         bytes_in: 0,
         bytes_out: 0,

@@ -12,3 +12,4 @@ mod health;
 mod metrics;
 mod proxy;
 mod run;
+mod tls;

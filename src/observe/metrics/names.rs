@@ -52,3 +52,7 @@ pub const QUEUE_REJECTIONS_HELP: &str =
 pub const ACCESS_LOG_DROPPED: &str = "gatewise_access_log_dropped_total";
 pub const ACCESS_LOG_DROPPED_HELP: &str =
     "Access-log lines dropped because the destination could not keep up (queue full)";
+
+pub const TLS_CERTIFICATE_EXPIRY: &str = "gatewise_tls_certificate_expiry_seconds";
+pub const TLS_CERTIFICATE_EXPIRY_HELP: &str =
+    "Seconds until a certificate a TLS listener serves expires (negative once expired), by listener and the certificate's first name";
