@@ -80,6 +80,42 @@ async fn two_sni_names_are_served_their_own_certificates() {
 }
 
 #[tokio::test]
+async fn a_second_connection_resumes_the_session_with_tls12_and_tls13() {
+    use crate::support::tls::{client_config, client_config_versions, tls_connect_with};
+    let dir = TempDir::new();
+    let ca = TestCa::new("test ca");
+    let (cert, key) = write_pair(&dir, "r", &ca.issue(&["r.test"]));
+    let up = upstream::echo().await;
+    let mut c = config(&[up.addr]);
+    c.listeners[0].tls = Some(listener_tls(vec![pair(&cert, &key)]));
+    let gw = support::start(c).await;
+    let tls13 = client_config(&ca.cert_pem);
+    let tls12 = client_config_versions(&ca.cert_pem, &[&rustls::version::TLS12]);
+    for (config, version) in [
+        (tls13, rustls::ProtocolVersion::TLSv1_3),
+        (tls12, rustls::ProtocolVersion::TLSv1_2),
+    ] {
+        for round in 0..2 {
+            let tls = tls_connect_with(gw.addr, "r.test", config.clone())
+                .await
+                .unwrap();
+            let conn = tls.get_ref().1;
+            assert_eq!(conn.protocol_version(), Some(version));
+            let kind = conn.handshake_kind();
+            let mut h1 = H1::over(tls).await;
+            // A full exchange, so the TLS 1.3 ticket sent after the handshake is read.
+            assert_eq!(h1.get("r.test", "/").await.0.status, 200);
+            let want = if round == 0 {
+                rustls::HandshakeKind::Full
+            } else {
+                rustls::HandshakeKind::Resumed
+            };
+            assert_eq!(kind, Some(want), "{version:?} round {round}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn replaced_certificate_files_reach_new_handshakes_and_open_connections_keep_working() {
     let dir = TempDir::new();
     let ca = TestCa::new("test ca");
@@ -459,4 +495,80 @@ async fn certificate_expiry_is_in_status_and_metrics() {
     assert!(line.contains("certificate=\"old.test\""), "{line}");
     let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(value < 0, "{line}");
+}
+
+#[test]
+fn check_names_the_tls_file_and_line_at_fault_and_resolves_paths_from_the_config_dir() {
+    let dir = TempDir::new();
+    let ca = TestCa::new("ca");
+    write_pair(&dir, "good", &ca.issue(&["good.test"]));
+    dir.write("other.key", &ca.issue(&["other.test"]).key);
+    dir.write("ca.pem", &ca.cert_pem);
+    let run = |config: &std::path::Path| {
+        // From another directory: relative paths are the config file's, not the cwd's.
+        std::process::Command::new(env!("CARGO_BIN_EXE_gatewise"))
+            .current_dir(std::env::temp_dir())
+            .args(["check", "--offline"])
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let good = dir.write(
+        "good.toml",
+        r#"[[listener]]
+name = "public"
+listen = "127.0.0.1:8443"
+tls = { cert = "good.pem", key = "good.key" }
+[[route]]
+upstream = "app"
+[upstream.app]
+targets = ["127.0.0.1:3001"]
+protocol = "https"
+ca_file = "ca.pem"
+sni = "app.internal"
+"#,
+    );
+    let out = run(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.write(
+        "bad.toml",
+        r#"[[listener]]
+name = "public"
+listen = "127.0.0.1:8443"
+tls = { certificates = [
+  { cert = "missing.pem", key = "good.key" },
+  { cert = "good.pem", key = "other.key" },
+] }
+[[route]]
+upstream = "app"
+[upstream.app]
+targets = ["127.0.0.1:3001"]
+ca_file = "ca.pem"
+[upstream.two]
+targets = ["127.0.0.1:3002"]
+protocol = "h2"
+"#,
+    );
+    let out = run(&bad);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = bad.display();
+    let missing = dir.0.join("missing.pem");
+    for want in [
+        format!(
+            "{f}:5:12: listener[0].tls.certificates[0].cert: cannot read {}",
+            missing.display()
+        ),
+        format!("{f}:6:30: listener[0].tls.certificates[1].key: "),
+        "does not match the certificate in".to_string(),
+        format!("{f}:12:11: upstream.app.ca_file: only applies with protocol = \"https\""),
+        format!("{f}:15:12: upstream.two.protocol: protocol \"h2\" is not supported yet"),
+    ] {
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
 }

@@ -224,21 +224,44 @@ pub async fn tls_connect(
     sni: &str,
     ca: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_with(addr, sni, client_config(ca)).await
+}
+
+/// A connection with a given client config (one config keeps its session cache, so a second
+/// connection can resume).
+pub async fn tls_connect_with(
+    addr: SocketAddr,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let connector = TlsConnector::from(config);
+    let tcp = TcpStream::connect(addr).await?;
+    connector
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+}
+
+/// A client trusting `ca`, offering ALPN h2 and http/1.1.
+pub fn client_config(ca: &str) -> Arc<rustls::ClientConfig> {
+    client_config_versions(ca, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`client_config`] speaking only `versions`.
+pub fn client_config_versions(
+    ca: &str,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(ca) {
         roots.add(c).unwrap();
     }
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let connector = TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await?;
-    connector
-        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
-        .await
+    Arc::new(config)
 }
 
 /// The DNS names of the certificate the server presented on `tls`.
