@@ -13,3 +13,4 @@ mod metrics;
 mod proxy;
 mod run;
 mod tls;
+mod tls_upstream;
