@@ -46,6 +46,9 @@ impl Endpoint {
                 Some(sa) => ServerName::IpAddress(sa.ip().into()),
                 None => {
                     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                    // Config validation admits only DNS names and IPs as hosts, so this does
+                    // not fail; were it to, the handshake fails with a name mismatch naming
+                    // "invalid" rather than the connector panicking.
                     ServerName::try_from(host.to_string())
                         .unwrap_or_else(|_| ServerName::try_from("invalid").expect("valid name"))
                 }
