@@ -125,6 +125,34 @@ pub fn handshake_failure(err: &io::Error, first_bytes: &[u8], sni: &str) -> (Cau
             format!("TLS handshake failed: {err}"),
         );
     };
+    tls_error_words(tls_err, sni)
+}
+
+/// The rustls error behind a failed exchange, if there is one: with TLS 1.3 a target that
+/// refuses our client certificate says so only after our side finished the handshake, so the
+/// alert arrives while the response is awaited, wrapped in hyper's and the socket's errors.
+pub fn rustls_error_in<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = e
+            .downcast_ref::<io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|i| i.downcast_ref::<rustls::Error>());
+        if inner.is_some() {
+            return inner;
+        }
+        next = e.source();
+    }
+    None
+}
+
+/// A rustls error as a cause and words for `details`; `sni` is the name that was verified.
+pub fn tls_error_words(tls_err: &rustls::Error, sni: &str) -> (Cause, String) {
     match tls_err {
         rustls::Error::InvalidCertificate(cert) => {
             (Cause::TlsCertificateError, certificate_words(cert, sni))

@@ -193,3 +193,18 @@ async fn health_checks_go_through_the_same_connector() {
         "{failed:?}"
     );
 }
+
+#[tokio::test]
+async fn a_target_that_refuses_our_missing_client_certificate_says_so() {
+    let ca = TestCa::new("private ca");
+    let dir = TempDir::new();
+    let ca_file = dir.write("ca.pem", &ca.cert_pem);
+    let up = tls_upstream(&ca.issue(&["127.0.0.1"]), Some(&ca.cert_pem)).await;
+    let mut c = config(&[up.addr]);
+    upstream_of(&mut c).tls = Some(upstream_tls(Some(ca_file)));
+    support::route_of(&mut c).retries = 0;
+    let gw = support::start(c).await;
+    let (parts, _) = get(&support::client(), &gw.url("/")).await;
+    let ps = assert_generated(&parts, 502, "tls_certificate_error");
+    assert!(ps.contains("target refused our client certificate"), "{ps}");
+}
