@@ -214,7 +214,7 @@ wait_port "$gw_tls_port"
 wait_port "$ng_tls_port"
 echo "upstream :$up_port  gatewise :$gw_port/:$gw_tls_port (pid $gw_pid)  nginx :$ng_port/:$ng_tls_port (pid $ng_pid)  access log: $ACCESS_LOG" >&2
 for p in "$gw_tls_port" "$ng_tls_port"; do
-    echo "TLS on :$p: $(openssl s_client -connect "127.0.0.1:$p" -servername bench.test </dev/null 2>/dev/null | awk '/^ *Protocol *:/ {v=$3} /^ *Cipher *:/ {c=$3} END {print v, c}')" >&2
+    echo "TLS on :$p: $(openssl s_client -connect "127.0.0.1:$p" -servername bench.test </dev/null 2>/dev/null | awk '/^New,/ {sub(",", "", $2); print $2, $5; exit}')" >&2
 done
 
 # A proxy's process tree: the pid and its direct children (nginx master + workers).

@@ -182,6 +182,7 @@ impl Gateway {
             tracing::info!(
                 listener = %config.name,
                 addr = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+                tls = tls.is_some(),
                 "listening"
             );
             if let Some(t) = &tls {
