@@ -365,6 +365,11 @@ ca_file = "ca.pem"
 [upstream.two]
 targets = ["127.0.0.1:3002"]
 protocol = "h2"
+[[listener]]
+name = "both"
+listen = "127.0.0.1:9443"
+tls = { cert = "good.pem", key = "good.key" }
+redirect_https = true
 "#,
     );
     let out = run(&bad);
@@ -381,6 +386,7 @@ protocol = "h2"
         "does not match the certificate in".to_string(),
         format!("{f}:12:11: upstream.app.ca_file: only applies with protocol = \"https\""),
         format!("{f}:15:12: upstream.two.protocol: protocol \"h2\" is not supported yet"),
+        format!("{f}:20:18: listener[1].redirect_https: is for a plain listener"),
     ] {
         assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
     }

@@ -208,3 +208,15 @@ async fn a_target_that_refuses_our_missing_client_certificate_says_so() {
     let ps = assert_generated(&parts, 502, "tls_certificate_error");
     assert!(ps.contains("target refused our client certificate"), "{ps}");
 }
+
+#[tokio::test]
+async fn insecure_skip_verify_accepts_a_self_signed_target() {
+    let up = tls_upstream(&self_signed(&["elsewhere.test"]), None).await;
+    let mut c = config(&[up.addr]);
+    let mut tls = upstream_tls(None);
+    tls.insecure_skip_verify = true;
+    upstream_of(&mut c).tls = Some(tls);
+    let gw = support::start(c).await;
+    let (parts, _) = get(&support::client(), &gw.url("/")).await;
+    assert_eq!(parts.status, 200);
+}
