@@ -181,8 +181,9 @@ impl Gateway {
         for (config, socket, state, tls) in self.listeners {
             tracing::info!(
                 listener = %config.name,
-                addr = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 tls = tls.is_some(),
+                // Last: scripts and tests read the address off the end of this line.
+                addr = %socket.local_addr().map(|a| a.to_string()).unwrap_or_default(),
                 "listening"
             );
             if let Some(t) = &tls {
