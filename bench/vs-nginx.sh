@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# gatewise vs nginx as a reverse proxy: req/s, p99, proxy CPU per request, memory.
+# gatewise vs nginx as a reverse proxy: req/s, p99, proxy CPU per request, memory; over plain
+# HTTP, over HTTPS (TLS terminated by the proxy, keep-alive), and with a new TLS connection per
+# request (handshakes/s and CPU per handshake).
 #
 # Both proxies run one worker pinned to core $PROXY_CPU, in front of the same upstream (an nginx
 # answering a small body with `return 200`, so it does no file I/O); wrk and the upstream share
@@ -8,6 +10,10 @@
 #
 # Knobs (environment):
 #   DURATION=10s  WARMUP=2s  CONNECTIONS=50  THREADS=1  REPEATS=3
+#   CASES="http https handshake"   which cases to run: plain HTTP keep-alive; HTTPS keep-alive;
+#                       HTTPS with `Connection: close` (one full handshake per request). Both
+#                       proxies use the same ECDSA P-256 certificate and offer TLS 1.2 + 1.3;
+#                       wrk (OpenSSL) negotiates TLS 1.3 and resumes no session.
 #   IDLE_CONNS=1000     idle keep-alive client connections for the memory figure
 #   ACCESS_LOG=off      off: both proxies log nothing; on: both append to a file in the temp dir
 #   PROXY_CPU=1  LOAD_CPU=0
@@ -21,6 +27,7 @@ THREADS=${THREADS:-1}
 REPEATS=${REPEATS:-3}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 ACCESS_LOG=${ACCESS_LOG:-off}
+CASES=${CASES:-http https handshake}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
 
@@ -33,6 +40,7 @@ need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx-light)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v taskset >/dev/null || need_apt+=(util-linux)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if ((${#need_apt[@]})); then
     echo "installing ${need_apt[*]}" >&2
     sudo_cmd=""
@@ -78,13 +86,18 @@ wait_port() {
     done
 }
 
-up_port=$(free_port)
-gw_port=$(free_port)
-ng_port=$(free_port)
-while [ "$gw_port" = "$up_port" ] || [ "$ng_port" = "$up_port" ] || [ "$ng_port" = "$gw_port" ]; do
-    gw_port=$(free_port)
-    ng_port=$(free_port)
+# Five distinct free ports: upstream, gatewise plain + TLS, nginx plain + TLS.
+ports=()
+while ((${#ports[@]} < 5)); do
+    p=$(free_port)
+    [[ " ${ports[*]} " == *" $p "* ]] || ports+=("$p")
 done
+up_port=${ports[0]} gw_port=${ports[1]} gw_tls_port=${ports[2]} ng_port=${ports[3]} ng_tls_port=${ports[4]}
+
+# One throwaway certificate for both proxies (ECDSA P-256, as most sites serve today).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj "/CN=bench.test" -addext "subjectAltName=DNS:bench.test,IP:127.0.0.1" \
+    -keyout "$work/bench.key" -out "$work/bench.pem" 2>/dev/null
 
 nginx_common="daemon off;
 master_process on;
@@ -135,7 +148,18 @@ listen = "off"
 name = "bench"
 listen = "127.0.0.1:$gw_port"
 
+[[listener]]
+name = "bench-tls"
+listen = "127.0.0.1:$gw_tls_port"
+tls = { cert = "$work/bench.pem", key = "$work/bench.key" }
+
 [[route]]
+listener = "bench"
+path_prefix = "/"
+upstream = "bench"
+
+[[route]]
+listener = "bench-tls"
 path_prefix = "/"
 upstream = "bench"
 
@@ -154,8 +178,15 @@ http {
     $nginx_temp
     keepalive_requests 1000000;
     upstream bench { server 127.0.0.1:$up_port; keepalive 64; }
+    # The same TLS settings gatewise uses: TLS 1.2 + 1.3, session tickets and a session cache.
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_tickets on;
     server {
         listen 127.0.0.1:$ng_port;
+        listen 127.0.0.1:$ng_tls_port ssl;
+        ssl_certificate $work/bench.pem;
+        ssl_certificate_key $work/bench.key;
         location / {
             proxy_pass http://bench;
             proxy_http_version 1.1;
@@ -179,7 +210,12 @@ ng_pid=$!
 pids+=("$ng_pid")
 wait_port "$gw_port"
 wait_port "$ng_port"
-echo "upstream :$up_port  gatewise :$gw_port (pid $gw_pid)  nginx :$ng_port (pid $ng_pid)  access log: $ACCESS_LOG" >&2
+wait_port "$gw_tls_port"
+wait_port "$ng_tls_port"
+echo "upstream :$up_port  gatewise :$gw_port/:$gw_tls_port (pid $gw_pid)  nginx :$ng_port/:$ng_tls_port (pid $ng_pid)  access log: $ACCESS_LOG" >&2
+for p in "$gw_tls_port" "$ng_tls_port"; do
+    echo "TLS on :$p: $(openssl s_client -connect "127.0.0.1:$p" -servername bench.test </dev/null 2>/dev/null | awk '/^New,/ {sub(",", "", $2); print $2, $5; exit}')" >&2
+done
 
 # A proxy's process tree: the pid and its direct children (nginx master + workers).
 tree() { echo "$1" $(pgrep -P "$1" || true); }
@@ -212,11 +248,12 @@ declare -A sum_rps sum_p99 sum_cpu
 results="$work/results.txt"
 : >"$results"
 
-run_one() { # name pid port round
-    local name=$1 pid=$2 port=$3 round=$4 out before after
-    taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "http://127.0.0.1:$port/" >/dev/null
+run_one() { # case name pid url round [extra wrk args...]
+    local kase=$1 name=$2 pid=$3 url=$4 round=$5 out before after
+    shift 5
+    taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "$@" "$url" >/dev/null
     before=$(cpu_ticks "$pid")
-    out=$(taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "http://127.0.0.1:$port/")
+    out=$(taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url")
     after=$(cpu_ticks "$pid")
     local reqs rps p99 bad cpu_us
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -224,24 +261,37 @@ run_one() { # name pid port round
     p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
     bad=$(awk '/Non-2xx|Socket errors/ {printf "%s ", $0}' <<<"$out")
     cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
-    printf "%-9s run %d: %10s req/s  p99 %8s ms  cpu/req %7s us  %s\n" "$name" "$round" "$rps" "$p99" "$cpu_us" "$bad"
-    echo "$name $rps $p99 $cpu_us" >>"$results"
+    printf "%-9s %-9s run %d: %10s req/s  p99 %8s ms  cpu/req %7s us  %s\n" "$kase" "$name" "$round" "$rps" "$p99" "$cpu_us" "$bad"
+    echo "$kase $name $rps $p99 $cpu_us" >>"$results"
 }
 
 echo "== throughput: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP), proxy on cpu $PROXY_CPU, wrk+upstream on cpu $LOAD_CPU"
-for round in $(seq "$REPEATS"); do
-    run_one gatewise "$gw_pid" "$gw_port" "$round"
-    run_one nginx "$ng_pid" "$ng_port" "$round"
+for kase in $CASES; do
+    case $kase in
+        http) gw_url="http://127.0.0.1:$gw_port/" ng_url="http://127.0.0.1:$ng_port/" extra=() ;;
+        https) gw_url="https://127.0.0.1:$gw_tls_port/" ng_url="https://127.0.0.1:$ng_tls_port/" extra=() ;;
+        # One request per connection: every request pays a full TLS handshake (wrk resumes no
+        # session), so req/s is handshakes/s and cpu/req is CPU per handshake (+ one request).
+        handshake) gw_url="https://127.0.0.1:$gw_tls_port/" ng_url="https://127.0.0.1:$ng_tls_port/" extra=(-H "Connection: close") ;;
+        *) echo "unknown case $kase (expected http, https, handshake)" >&2; exit 2 ;;
+    esac
+    for round in $(seq "$REPEATS"); do
+        run_one "$kase" gatewise "$gw_pid" "$gw_url" "$round" "${extra[@]}"
+        run_one "$kase" nginx "$ng_pid" "$ng_url" "$round" "${extra[@]}"
+    done
 done
 
-echo "== summary (mean of $REPEATS runs)"
+echo "== summary (mean of $REPEATS runs per case)"
 awk '
-    { n[$1]++; rps[$1] += $2; p99[$1] += $3; cpu[$1] += $4 }
+    { k = $1 " " $2; n[k]++; rps[k] += $3; p99[k] += $4; cpu[k] += $5; if (!($1 in seen)) { seen[$1] = 1; order[++m] = $1 } }
     END {
-        for (k in n) { rps[k] /= n[k]; p99[k] /= n[k]; cpu[k] /= n[k] }
-        printf "%-9s %10.0f req/s  p99 %7.3f ms  cpu/req %6.2f us\n", "gatewise", rps["gatewise"], p99["gatewise"], cpu["gatewise"]
-        printf "%-9s %10.0f req/s  p99 %7.3f ms  cpu/req %6.2f us\n", "nginx", rps["nginx"], p99["nginx"], cpu["nginx"]
-        printf "ratio gatewise/nginx: req/s %.2fx  p99 %.2fx  cpu/req %.2fx\n", rps["gatewise"] / rps["nginx"], p99["gatewise"] / p99["nginx"], cpu["gatewise"] / cpu["nginx"]
+        for (i = 1; i <= m; i++) {
+            c = order[i]; g = c " gatewise"; x = c " nginx"
+            rps[g] /= n[g]; p99[g] /= n[g]; cpu[g] /= n[g]; rps[x] /= n[x]; p99[x] /= n[x]; cpu[x] /= n[x]
+            printf "%-9s %-9s %10.0f req/s  p99 %7.3f ms  cpu/req %7.2f us\n", c, "gatewise", rps[g], p99[g], cpu[g]
+            printf "%-9s %-9s %10.0f req/s  p99 %7.3f ms  cpu/req %7.2f us\n", c, "nginx", rps[x], p99[x], cpu[x]
+            printf "%-9s ratio gatewise/nginx: req/s %.2fx  p99 %.2fx  cpu/req %.2fx\n", c, rps[g] / rps[x], p99[g] / p99[x], cpu[g] / cpu[x]
+        }
     }' "$results"
 
 # --- memory -------------------------------------------------------------------------------------

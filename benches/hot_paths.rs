@@ -133,7 +133,7 @@ fn bench_headers(c: &mut Criterion) {
         b.iter_batched(
             || base.clone(),
             |mut h| {
-                let id = prepare_request(&mut h, client);
+                let id = prepare_request(&mut h, client, "http");
                 (h, id)
             },
             BatchSize::SmallInput,
@@ -143,7 +143,7 @@ fn bench_headers(c: &mut Criterion) {
         b.iter_batched(
             || with_xff.clone(),
             |mut h| {
-                let id = prepare_request(&mut h, client);
+                let id = prepare_request(&mut h, client, "http");
                 (h, id)
             },
             BatchSize::SmallInput,

@@ -21,4 +21,5 @@ pub mod proxy;
 pub mod routing;
 pub mod run;
 pub mod server;
+pub mod tls;
 pub mod upstream;

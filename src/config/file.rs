@@ -46,6 +46,27 @@ pub struct RawListener {
     pub header_read_timeout: Option<Str>,
     pub max_header_bytes: Option<Spanned<IntOrStr>>,
     pub max_headers: Option<Spanned<usize>>,
+    pub tls: Option<Spanned<RawListenerTls>>,
+    pub redirect_https: Option<Spanned<bool>>,
+}
+
+/// `tls = { cert, key }` or `tls = { certificates = [{ cert, key }, ...] }` on a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    pub cert: Option<Str>,
+    pub key: Option<Str>,
+    pub certificates: Option<Spanned<Vec<Spanned<RawCertPair>>>>,
+    pub handshake_timeout: Option<Str>,
+    pub reload_interval: Option<Str>,
+    pub expiry_warning: Option<Str>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    pub cert: Option<Str>,
+    pub key: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +115,11 @@ pub struct RawUpstream {
     pub panic_threshold: Option<Spanned<f64>>,
     pub outage_hold: Option<Str>,
     pub outage_hold_queue: Option<usize>,
+    pub ca_file: Option<Str>,
+    pub sni: Option<Str>,
+    pub client_cert: Option<Str>,
+    pub client_key: Option<Str>,
+    pub insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

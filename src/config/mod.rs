@@ -11,6 +11,7 @@ pub mod reload;
 mod tests;
 mod validate;
 mod validate_routes;
+mod validate_tls;
 mod validate_upstream;
 mod values;
 
@@ -71,6 +72,44 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// Most request header fields accepted; more gets 431.
     pub max_headers: usize,
+    /// TLS termination; `None` serves plain HTTP.
+    pub tls: Option<ListenerTlsConfig>,
+    /// Plain listener only: answer every request with a 308 to the same URL over `https`.
+    pub redirect_https: bool,
+}
+
+/// A listener's certificates and handshake limits (`tls = { ... }`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerTlsConfig {
+    /// Chosen by SNI; the first is the default for clients without SNI or with an unknown name.
+    pub certificates: Vec<CertKeyPaths>,
+    /// A client must finish its handshake within this; a stalled one is closed.
+    pub handshake_timeout: Duration,
+    /// How often the certificate files are checked for changes.
+    pub reload_interval: Duration,
+    /// A certificate closer than this to its expiry is warned about.
+    pub expiry_warning: Duration,
+}
+
+/// A certificate chain file and its private key file (relative paths already resolved against
+/// the config file's directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertKeyPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// How an upstream's targets are spoken to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamTlsConfig {
+    /// Trust only this CA bundle instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Server name sent and verified; default: each target's host (or IP).
+    pub sni: Option<String>,
+    /// Client certificate for mTLS.
+    pub client_cert: Option<CertKeyPaths>,
+    /// Accept any certificate (warned about at start).
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -164,6 +203,8 @@ pub struct UpstreamConfig {
     pub outage_hold: Duration,
     /// Requests held at once per upstream; more are answered 503 at once.
     pub outage_hold_queue: usize,
+    /// `protocol = "https"`: TLS to every target; `None` is plain HTTP/1.1.
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -233,6 +274,9 @@ pub mod defaults {
     pub const MAX_EJECTION: Duration = Duration::from_secs(300);
     pub const MAX_EJECTED_PERCENT: u32 = 50;
     pub const SLOW_START: Duration = Duration::from_secs(10);
+    pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+    pub const TLS_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
     pub const OUTAGE_HOLD: Duration = Duration::from_secs(10);
     pub const OUTAGE_HOLD_QUEUE: usize = 4096;
 }
@@ -256,6 +300,8 @@ impl ListenerConfig {
             header_read_timeout: defaults::HEADER_READ_TIMEOUT,
             max_header_bytes: defaults::MAX_HEADER_BYTES,
             max_headers: defaults::MAX_HEADERS,
+            tls: None,
+            redirect_https: false,
         }
     }
 }
@@ -302,6 +348,7 @@ impl UpstreamConfig {
             panic_threshold: None,
             outage_hold: defaults::OUTAGE_HOLD,
             outage_hold_queue: defaults::OUTAGE_HOLD_QUEUE,
+            tls: None,
         }
     }
 }

@@ -114,6 +114,13 @@ impl Cx<'_> {
         });
     }
 
+    /// A file path as written in the config: relative paths are taken from the config file's
+    /// directory, so a config works whatever directory gatewise is started from.
+    pub(super) fn path(&self, written: &str) -> PathBuf {
+        let dir = Path::new(self.file).parent().unwrap_or(Path::new(""));
+        dir.join(written)
+    }
+
     /// Records that a required field is absent, unless it was present but already reported as
     /// unreadable (then its key was dropped, and "required" would only repeat that error).
     pub(super) fn missing(&mut self, span: Range<usize>, field: &str, message: &str) {

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::file::{RawListener, RawRoute};
 use super::validate::{socket_addr, Cx};
-use super::{defaults, values, HostPattern, ListenerConfig, RouteConfig};
+use super::{defaults, validate_tls, values, HostPattern, ListenerConfig, RouteConfig};
 
 /// Listeners, and whether every one was read with a valid name (route checks rely on it).
 pub(super) fn listener_configs(
@@ -30,8 +30,11 @@ pub(super) fn listener_configs(
             header_read_timeout,
             max_header_bytes,
             max_headers,
+            tls,
+            redirect_https,
         } = l;
         let f = |key: &str| format!("listener[{i}].{key}");
+        let has_tls = tls.is_some();
         let name = match name {
             None => {
                 cx.missing(
@@ -94,6 +97,17 @@ pub(super) fn listener_configs(
                 defaults::MAX_HEADER_BYTES,
             ),
             max_headers: cx.nonzero(max_headers, &f("max_headers"), defaults::MAX_HEADERS),
+            tls: tls.and_then(|t| validate_tls::listener_tls(cx, t, &f("tls"))),
+            redirect_https: redirect_https.is_some_and(|r| {
+                if *r.get_ref() && has_tls {
+                    cx.err(
+                        r.span(),
+                        &f("redirect_https"),
+                        "is for a plain listener; this one already serves TLS",
+                    );
+                }
+                r.into_inner()
+            }),
         });
     }
     if out.is_empty() && complete {

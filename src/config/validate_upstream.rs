@@ -9,12 +9,13 @@ use super::file::{
     IntOrStr, RawBalance, RawHealth, RawHealthKind, RawPassive, RawUpstream, RawUpstreamEntry,
 };
 use super::validate::Cx;
+use super::validate_tls;
 use super::{
     defaults, values, Balance, HealthCheckKind, HealthConfig, PassiveConfig, UpstreamConfig,
 };
 
 /// Protocols the spec names for later; refused with a clear message until the pool speaks them.
-const LATER_PROTOCOLS: [&str; 3] = ["h2c", "https", "h2"];
+const LATER_PROTOCOLS: [&str; 2] = ["h2c", "h2"];
 
 /// Converts one upstream; `None` when its name is unusable or its body could not be read (the
 /// error is already recorded, and routes still see the name so they do not report it missing).
@@ -60,6 +61,11 @@ pub(super) fn upstream_config(
         panic_threshold,
         outage_hold,
         outage_hold_queue,
+        ca_file,
+        sni,
+        client_cert,
+        client_key,
+        insecure_skip_verify,
     } = body;
     let f = |key: &str| format!("{field}.{key}");
     let targets = match targets {
@@ -104,23 +110,36 @@ pub(super) fn upstream_config(
             out
         }
     };
+    let mut https = false;
     if let Some(p) = protocol {
         match p.get_ref().as_str() {
             "http1" => {}
+            "https" => https = true,
             later if LATER_PROTOCOLS.contains(&later) => {
                 cx.err(
                     p.span(),
                     &f("protocol"),
-                    format!("protocol {later:?} is not supported yet; only \"http1\" is"),
+                    format!(
+                        "protocol {later:?} is not supported yet (HTTP/2 to upstreams comes later); \
+                         use \"http1\" or \"https\""
+                    ),
                 );
             }
             other => cx.err(
                 p.span(),
                 &f("protocol"),
-                format!("expected \"http1\", got {other:?}"),
+                format!("expected \"http1\" or \"https\", got {other:?}"),
             ),
         }
     }
+    let tls_keys = validate_tls::RawUpstreamTls {
+        ca_file,
+        sni,
+        client_cert,
+        client_key,
+        insecure_skip_verify,
+    };
+    let tls = validate_tls::upstream_tls(cx, tls_keys, https, &field);
     let max_connections = match max_connections {
         Some(m) if *m.get_ref() == 0 => {
             cx.err(
@@ -180,6 +199,7 @@ pub(super) fn upstream_config(
         }),
         outage_hold: cx.duration(outage_hold, &f("outage_hold"), defaults::OUTAGE_HOLD, false),
         outage_hold_queue: outage_hold_queue.unwrap_or(defaults::OUTAGE_HOLD_QUEUE),
+        tls,
     };
     name_ok.then(|| (name.into_inner(), config))
 }

@@ -37,6 +37,8 @@ pub struct Shared {
     /// listener's: what a binary upgrade hands to the new process.
     pub sockets: std::sync::Mutex<Vec<(String, std::os::fd::OwnedFd)>>,
     pub admin_socket: Option<std::os::fd::OwnedFd>,
+    /// The certificate store of each TLS listener, by listener name (`/status`, `/metrics`).
+    pub certificates: crate::observe::metrics::CertificateList,
     /// Set when a new process took the sockets over: the drain skips `drain_delay` (the new
     /// process is already serving) and the process exits once its requests are done.
     pub handed_over: AtomicBool,
@@ -107,7 +109,10 @@ impl Gateway {
             Some(a) => Some(std::os::fd::AsFd::as_fd(a).try_clone_to_owned()?),
             None => None,
         };
-        let snapshot = Snapshot::build(config.clone(), None, &metrics);
+        let certificates = crate::observe::metrics::CertificateList::default();
+        metrics.register_certificates(certificates.clone());
+        let snapshot =
+            Snapshot::build(config.clone(), None, &metrics).map_err(anyhow::Error::msg)?;
         metrics.set_upstreams(snapshot.upstreams.values());
         metrics.reloads.generation.set(1);
         let (reload_tx, reload_rx) = mpsc::channel(16);
@@ -119,6 +124,7 @@ impl Gateway {
             reload_tx,
             sockets: std::sync::Mutex::new(Vec::new()),
             admin_socket,
+            certificates,
             handed_over: AtomicBool::new(false),
         });
         let drain = Drain::default();

@@ -26,6 +26,7 @@ use crate::lifecycle::upgrade::Inherited;
 use crate::observe::access_log::AccessLog;
 use crate::proxy::forward::ListenerState;
 use crate::server::drain::DrainSignal;
+use crate::server::tls::Terminator;
 use crate::upstream::Upstream;
 
 /// Quiet time after a file event before the file is read: editors write in several steps.
@@ -102,6 +103,10 @@ impl ReloadStatus {
 
 /// One listener that is serving (or bound, about to).
 struct LiveListener {
+    /// The TLS side (`None`: plain), read per connection so a reload can change certificates.
+    tls: Arc<arc_swap::ArcSwapOption<Terminator>>,
+    /// Polls the certificate files of a TLS listener.
+    tls_watch: Option<AbortOnDrop>,
     /// A duplicate of the listening socket, for a binary upgrade's handover.
     fd: std::os::fd::OwnedFd,
     /// As configured (port 0 stays 0): a reload keeps the socket while this is unchanged.
@@ -174,7 +179,10 @@ impl Live {
 
     fn listener(&self, lc: &ListenerConfig, socket: TcpListener) -> anyhow::Result<LiveListener> {
         let bound = socket.local_addr()?;
+        let tls = terminator(lc)?;
         Ok(LiveListener {
+            tls: Arc::new(arc_swap::ArcSwapOption::new(tls.map(Arc::new))),
+            tls_watch: None,
             fd: std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned()?,
             listen: lc.listen,
             bound,
@@ -184,6 +192,7 @@ impl Live {
                 snapshot: self.shared.snapshot.clone(),
                 access_log: self.access_log.clone(),
                 unrouted: self.shared.metrics.unrouted(),
+                scheme: if lc.tls.is_some() { "https" } else { "http" },
             }),
             socket: Some(socket),
             task: None,
@@ -197,14 +206,34 @@ impl Live {
             let (Some(socket), Some(drain)) = (l.socket.take(), self.drain.as_ref()) else {
                 continue;
             };
-            tracing::info!(listener = %name, addr = %l.bound, "listening");
+            tracing::info!(
+                listener = %name,
+                tls = l.config.load().tls.is_some(),
+                // Last: scripts and tests read the address off the end of this line.
+                addr = %l.bound,
+                "listening"
+            );
             l.task = Some(AbortOnDrop(tokio::spawn(crate::server::listener::serve(
                 socket,
                 l.config.clone(),
                 l.state.clone(),
+                l.tls.clone(),
                 drain.clone(),
             ))));
         }
+        let mut certificates = Vec::new();
+        for (name, l) in &mut self.listeners {
+            let Some(tls) = l.tls.load_full() else {
+                l.tls_watch = None;
+                continue;
+            };
+            certificates.push((name.clone(), tls.store.clone()));
+            if l.tls_watch.is_none() {
+                tls.warn_expiry(name);
+                l.tls_watch = Some(AbortOnDrop(tokio::spawn(tls.watch(name.clone()))));
+            }
+        }
+        self.shared.certificates.store(Arc::new(certificates));
         let sockets = self
             .listeners
             .iter()
@@ -376,12 +405,43 @@ impl Live {
         // whole reload with the running config untouched.
         let mut bound: Vec<(String, LiveListener)> = Vec::new();
         let mut errors = Vec::new();
+        #[allow(clippy::type_complexity)]
+        // Certificates of kept TLS listeners, loaded now so a bad file fails the reload.
+        let mut new_tls: Vec<(String, Option<Terminator>)> = Vec::new();
         for lc in &config.listeners {
             let kept = self
                 .listeners
                 .iter()
-                .any(|(name, l)| *name == lc.name && l.listen == lc.listen);
-            if kept {
+                .find(|(name, l)| *name == lc.name && l.listen == lc.listen);
+            if let Some((_, l)) = kept {
+                let old = l.config.load();
+                if old.tls.is_some() != lc.tls.is_some() {
+                    errors.push(message_error(format!(
+                        "listener {}: switching between plain and TLS on the same address needs \
+                         a restart (or a new address)",
+                        lc.name
+                    )));
+                } else if old.tls != lc.tls {
+                    match terminator(lc) {
+                        Ok(t) => new_tls.push((lc.name.clone(), t)),
+                        Err(e) => errors.push(message_error(e.to_string())),
+                    }
+                } else if let Some(t) = l.tls.load_full() {
+                    // Same settings: the files are read again all the same (a reload is also how
+                    // an operator says "the certificates changed").
+                    let store = t.store.clone();
+                    let read = tokio::task::spawn_blocking(move || store.reload_if_changed()).await;
+                    match read {
+                        Ok(Ok(true)) => {
+                            tracing::info!(listener = %lc.name, "TLS certificates reloaded")
+                        }
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => {
+                            errors.push(message_error(format!("listener {}: {e}", lc.name)))
+                        }
+                        Err(e) => errors.push(message_error(format!("listener {}: {e}", lc.name))),
+                    }
+                }
                 continue;
             }
             match TcpListener::bind(lc.listen).await {
@@ -398,7 +458,8 @@ impl Live {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let snapshot = Snapshot::build(config, Some(&old), &self.shared.metrics);
+        let snapshot = Snapshot::build(config, Some(&old), &self.shared.metrics)
+            .map_err(|e| vec![message_error(e)])?;
         let new_config = snapshot.config.clone();
         self.shared
             .metrics
@@ -413,8 +474,14 @@ impl Live {
                 .position(|(name, l)| *name == lc.name && l.listen == lc.listen);
             match pos {
                 Some(i) => {
-                    let (name, l) = self.listeners.remove(i);
+                    let (name, mut l) = self.listeners.remove(i);
                     l.config.store(Arc::new(lc.clone()));
+                    if let Some(pos) = new_tls.iter().position(|(n, _)| *n == name) {
+                        let (_, t) = new_tls.remove(pos);
+                        l.tls.store(t.map(Arc::new));
+                        // A new store: its own watch, started below.
+                        l.tls_watch = None;
+                    }
                     next.push((name, l));
                 }
                 None => {
@@ -437,6 +504,16 @@ impl Live {
         self.listeners = next;
         self.start();
         Ok(diff)
+    }
+}
+
+/// The TLS side of a listener as configured (its files loaded and checked), or `None`: plain.
+fn terminator(lc: &ListenerConfig) -> anyhow::Result<Option<Terminator>> {
+    match &lc.tls {
+        None => Ok(None),
+        Some(tc) => Terminator::new(tc)
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("listener {}: {e}", lc.name)),
     }
 }
 

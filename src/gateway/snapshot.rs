@@ -30,20 +30,23 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds the snapshot for `config`. With `previous`, unchanged upstreams and routes are
     /// carried over by identity (see the module doc).
-    pub fn build(config: Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
-        let upstreams: BTreeMap<String, Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|(name, cfg)| {
-                let old = previous.and_then(|p| p.upstreams.get(name));
-                let upstream = match old {
-                    Some(old) if old.config == *cfg => old.clone(),
-                    Some(old) => Arc::new(old.rebuild(cfg.clone())),
-                    None => Arc::new(Upstream::new(name, cfg.clone())),
-                };
-                (name.clone(), upstream)
-            })
-            .collect();
+    /// Fails only when an upstream's TLS files cannot be loaded (they may have changed since
+    /// validation read them).
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<Snapshot, String> {
+        let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+        for (name, cfg) in &config.upstreams {
+            let old = previous.and_then(|p| p.upstreams.get(name));
+            let upstream = match old {
+                Some(old) if old.config == *cfg => old.clone(),
+                Some(old) => Arc::new(old.rebuild(cfg.clone())?),
+                None => Arc::new(Upstream::try_new(name, cfg.clone())?),
+            };
+            upstreams.insert(name.clone(), upstream);
+        }
         let mut routes = Vec::with_capacity(config.routes.len());
         let mut tables: HashMap<String, Vec<_>> = HashMap::new();
         for rc in &config.routes {
@@ -74,7 +77,7 @@ impl Snapshot {
             ));
             routes.push(route);
         }
-        Snapshot {
+        Ok(Snapshot {
             generation: previous.map_or(1, |p| p.generation + 1),
             config: Arc::new(config),
             upstreams,
@@ -83,7 +86,7 @@ impl Snapshot {
                 .into_iter()
                 .map(|(listener, entries)| (listener, RouteTable::new(entries)))
                 .collect(),
-        }
+        })
     }
 
     /// The route of listener `listener` for `host` and `path`.

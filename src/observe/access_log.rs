@@ -46,6 +46,8 @@ pub struct Record<'a> {
     pub upstream: Option<&'a str>,
     pub target: Option<&'a str>,
     pub status: u16,
+    /// `http` or `https`: how the client reached the listener.
+    pub scheme: &'static str,
     #[serde(serialize_with = "as_millis")]
     pub duration_ms: Duration,
     pub bytes_in: u64,
@@ -261,6 +263,7 @@ mod tests {
             upstream: None,
             target: None,
             status: 200,
+            scheme: "http",
             duration_ms: Duration::ZERO,
             bytes_in: 0,
             bytes_out: 0,

@@ -13,6 +13,7 @@ pub mod names;
 mod route;
 #[cfg(test)]
 mod tests;
+mod tls;
 pub mod upstream;
 
 use std::borrow::Cow;
@@ -26,6 +27,7 @@ use prometheus_client::registry::Registry;
 
 pub use histogram::{LatencyHistogram, BUCKETS};
 pub use route::{RouteMetrics, TargetAttempts, UpstreamMetrics};
+pub use tls::CertificateList;
 pub use upstream::{QueueReject, TargetCounters, UpstreamCounters};
 
 use crate::upstream::Upstream;
@@ -191,6 +193,13 @@ impl Metrics {
             names::ACCESS_LOG_DROPPED_HELP,
             log.dropped().clone(),
         );
+    }
+
+    /// Exposes seconds to expiry of the certificates of each TLS listener; `stores` is the
+    /// list the gateway keeps current (a reload changes it).
+    pub fn register_certificates(&mut self, stores: tls::CertificateList) {
+        self.registry
+            .register_collector(Box::new(tls::CertificateCollector { stores }));
     }
 
     /// The handles of one route (`name` is the route label); built when the route is (at start

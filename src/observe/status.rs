@@ -81,6 +81,27 @@ pub fn document(shared: &Shared) -> Value {
             (name.clone(), doc)
         })
         .collect();
+    let now = std::time::SystemTime::now();
+    let certificates: Map<String, Value> = shared
+        .certificates
+        .load()
+        .iter()
+        .map(|(listener, store)| {
+            let certs: Vec<Value> = store
+                .infos()
+                .iter()
+                .map(|c| {
+                    json!({
+                        "names": c.names,
+                        "subject": c.subject,
+                        "not_after": humantime::format_rfc3339(c.not_after).to_string(),
+                        "seconds_to_expiry": c.seconds_left(now),
+                    })
+                })
+                .collect();
+            (listener.clone(), Value::from(certs))
+        })
+        .collect();
     let ready = shared.not_ready();
     json!({
         "ready": ready.is_none(),
@@ -90,6 +111,7 @@ pub fn document(shared: &Shared) -> Value {
         "listeners": listeners,
         "routes": routes,
         "upstreams": upstreams,
+        "certificates": certificates,
     })
 }
 

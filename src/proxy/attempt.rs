@@ -106,7 +106,27 @@ fn classify(err: &hyper::Error, progress: &Progress, addr: &str) -> UpstreamErro
     } else {
         Cause::ConnectionTerminated
     };
-    let phase = if response_bytes || cause == Cause::HttpProtocolError {
+    // A TLS record where an HTTP status line should be: the target wants TLS.
+    let tls_answer = cause == Cause::HttpProtocolError
+        && progress
+            .sending
+            .as_ref()
+            .and_then(|(stats, _)| stats.first_byte())
+            .is_some_and(|b| b == 0x15 || b == 0x16);
+    let tls_failure = crate::upstream::tls::rustls_error_in(err)
+        .map(|e| crate::upstream::tls::tls_error_words(e, addr));
+    let (cause, detail) = if tls_answer {
+        (
+            Cause::TlsProtocolError,
+            format!("{addr}: target speaks TLS; protocol = \"https\" is not set"),
+        )
+    } else if let Some((tls_cause, words)) = tls_failure {
+        // A TLS alert after the handshake (e.g. our client certificate refused under TLS 1.3).
+        (tls_cause, format!("{addr}: {words}"))
+    } else {
+        (cause, format!("{addr}: {err}"))
+    };
+    let phase = if response_bytes || cause == Cause::HttpProtocolError || tls_answer {
         Phase::ResponseHead
     } else if request_sent {
         Phase::RequestSent
@@ -119,6 +139,6 @@ fn classify(err: &hyper::Error, progress: &Progress, addr: &str) -> UpstreamErro
         request_sent,
         response_bytes,
         reused: progress.reused,
-        detail: format!("{addr}: {err}"),
+        detail,
     }
 }

@@ -44,6 +44,8 @@ pub struct ListenerState {
     pub access_log: AccessLog,
     /// Counts requests rejected before a route matched.
     pub unrouted: Arc<RouteMetrics>,
+    /// `"https"` on a TLS listener, else `"http"`: for `X-Forwarded-Proto`, `Forwarded` and the log.
+    pub scheme: &'static str,
 }
 
 /// Handles one client request; never fails: every error becomes a response with its cause.
@@ -58,7 +60,7 @@ pub async fn handle(
     let mut log = RequestLog {
         log: state.access_log.clone(),
         start: Instant::now(),
-        request_id: headers::prepare_request(&mut head.headers, client),
+        request_id: headers::prepare_request(&mut head.headers, client, state.scheme),
         client,
         method: head.method.clone(),
         host: head.headers.get(HOST).cloned(),
@@ -67,6 +69,7 @@ pub async fn handle(
         upstream: None,
         target: None,
         status: 0,
+        scheme: state.scheme,
         bytes_in: 0,
         cause: None,
         retry_stop: None,
@@ -243,8 +246,16 @@ async fn forward(
             // Every target refused: wait for one to come back (R6) rather than answer 502.
             drop(in_flight);
             log.retry_stop = None;
+            let last = result.as_ref().err().map(|e| e.detail.clone());
             if let Err(err) = upstream.wait_for_return(&mut log.held, deadline).await {
-                return fail(log, err.cause, &err.detail);
+                // Say what the targets last answered, not only that the hold ran out.
+                let detail = match last {
+                    Some(last) if !last.is_empty() => {
+                        format!("{}; last attempt: {last}", err.detail)
+                    }
+                    _ => err.detail,
+                };
+                return fail(log, err.cause, &detail);
             }
             // Each target may be tried again after the wait, with the retries of a new request.
             tried = TriedTargets::default();

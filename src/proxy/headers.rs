@@ -55,9 +55,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Rewrites a client request's headers for the upstream. Returns the request id (taken from the
-/// client's `X-Request-Id` or generated).
-pub fn prepare_request(headers: &mut HeaderMap, client: SocketAddr) -> HeaderValue {
+/// Rewrites a client request's headers for the upstream; `proto` is how the client reached us
+/// (`"http"` or `"https"`). Returns the request id (taken from the client's `X-Request-Id` or
+/// generated).
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    client: SocketAddr,
+    proto: &'static str,
+) -> HeaderValue {
     remove_hop_by_hop(headers);
     headers.remove(header::EXPECT);
 
@@ -77,12 +82,12 @@ pub fn prepare_request(headers: &mut HeaderMap, client: SocketAddr) -> HeaderVal
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(host) = headers.get(header::HOST).cloned() {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
     drop_unbalanced_forwarded(headers);
-    headers.append(header::FORWARDED, forwarded_element(headers, client));
+    headers.append(header::FORWARDED, forwarded_element(headers, client, proto));
     headers.append(header::VIA, VIA_VALUE.clone());
 
     match headers.get(&X_REQUEST_ID) {
@@ -129,7 +134,7 @@ fn drop_unbalanced_forwarded(headers: &mut HeaderMap) {
 /// This hop's RFC 7239 `Forwarded` element, appended after those of earlier hops:
 /// `for=192.0.2.7;host="example.com";proto=http` (an IPv6 client is quoted and bracketed; a Host
 /// that cannot be a quoted string is left out rather than forwarded mangled).
-fn forwarded_element(headers: &HeaderMap, client: SocketAddr) -> HeaderValue {
+fn forwarded_element(headers: &HeaderMap, client: SocketAddr, proto: &str) -> HeaderValue {
     use std::fmt::Write;
     let mut v = String::with_capacity(64);
     match client.ip() {
@@ -149,7 +154,8 @@ fn forwarded_element(headers: &HeaderMap, client: SocketAddr) -> HeaderValue {
         v.push_str(std::str::from_utf8(host).unwrap_or_default());
         v.push('"');
     }
-    v.push_str(";proto=http");
+    v.push_str(";proto=");
+    v.push_str(proto);
     // The string's buffer becomes the value: no second copy.
     HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).expect("built from visible ASCII only")
 }
@@ -196,6 +202,17 @@ mod tests {
     }
 
     #[test]
+    fn requests_from_a_tls_listener_say_https() {
+        let mut h = map(&[("host", "example.com")]);
+        prepare_request(&mut h, "192.0.2.7:5555".parse().unwrap(), "https");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;host=\"example.com\";proto=https"
+        );
+    }
+
+    #[test]
     fn request_loses_hop_by_hop_and_gains_forwarding_headers() {
         let mut h = map(&[
             ("host", "example.com"),
@@ -208,7 +225,7 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-keep", "yes"),
         ]);
-        let id = prepare_request(&mut h, "192.0.2.7:5555".parse().unwrap());
+        let id = prepare_request(&mut h, "192.0.2.7:5555".parse().unwrap(), "http");
         for gone in [
             "connection",
             "x-secret",
@@ -238,7 +255,7 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("x-forwarded-for", "10.0.0.2, 10.0.0.3"),
         ]);
-        prepare_request(&mut h, "192.0.2.9:1".parse().unwrap());
+        prepare_request(&mut h, "192.0.2.9:1".parse().unwrap(), "http");
         assert_eq!(
             h["x-forwarded-for"],
             "10.0.0.1, 10.0.0.2, 10.0.0.3, 192.0.2.9"
@@ -252,7 +269,7 @@ mod tests {
             ("forwarded", "for=10.0.0.1;proto=https"),
             ("host", "app.example:8443"),
         ]);
-        prepare_request(&mut h, "[2001:db8::7]:1".parse().unwrap());
+        prepare_request(&mut h, "[2001:db8::7]:1".parse().unwrap(), "http");
         let all: Vec<_> = h.get_all("forwarded").iter().collect();
         assert_eq!(
             all,
@@ -267,7 +284,7 @@ mod tests {
             ("forwarded", "for=6.6.6.6;x=\"open"),
             ("forwarded", "for=10.0.0.2;x=\"a\\\"b\""),
         ]);
-        prepare_request(&mut h, "192.0.2.1:1".parse().unwrap());
+        prepare_request(&mut h, "192.0.2.1:1".parse().unwrap(), "http");
         let all: Vec<_> = h.get_all("forwarded").iter().collect();
         assert_eq!(
             all,
@@ -279,7 +296,7 @@ mod tests {
         );
         // A Host with a quote cannot be a quoted string: left out, the rest still sent.
         let mut h = map(&[("host", "a\"b")]);
-        prepare_request(&mut h, "192.0.2.1:1".parse().unwrap());
+        prepare_request(&mut h, "192.0.2.1:1".parse().unwrap(), "http");
         assert_eq!(h["forwarded"], "for=192.0.2.1;proto=http");
     }
 
@@ -287,7 +304,7 @@ mod tests {
     fn client_request_id_is_kept() {
         let mut h = map(&[("x-request-id", "abc-123")]);
         assert_eq!(
-            prepare_request(&mut h, "[::1]:1".parse().unwrap()),
+            prepare_request(&mut h, "[::1]:1".parse().unwrap(), "http"),
             "abc-123"
         );
         assert_eq!(h["x-forwarded-for"], "::1");

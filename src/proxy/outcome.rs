@@ -29,6 +29,8 @@ pub struct RequestLog {
     pub upstream: Option<Arc<str>>,
     pub target: Option<Arc<str>>,
     pub status: u16,
+    /// `http` or `https` (the listener's).
+    pub scheme: &'static str,
     pub bytes_in: u64,
     pub cause: Option<Cause>,
     pub retry_stop: Option<&'static str>,
@@ -105,6 +107,7 @@ impl RequestLog {
             upstream: self.upstream.as_deref(),
             target: self.target.as_deref(),
             status: self.status,
+            scheme: self.scheme,
             duration_ms: elapsed,
             bytes_in: self.bytes_in,
             bytes_out,

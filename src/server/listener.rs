@@ -10,11 +10,13 @@ use std::time::{Duration, SystemTime};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 
 use arc_swap::ArcSwap;
 
 use super::drain::{ConnectionDrain, DrainSignal};
+use super::tls::Terminator;
 use crate::cause::Cause;
 use crate::config::ListenerConfig;
 use crate::observe::access_log::Record;
@@ -26,6 +28,7 @@ pub async fn serve(
     listener: TcpListener,
     config: Arc<ArcSwap<ListenerConfig>>,
     state: Arc<ListenerState>,
+    tls: Arc<arc_swap::ArcSwapOption<Terminator>>,
     mut drain: DrainSignal,
 ) {
     loop {
@@ -36,14 +39,25 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                // Settings are read per connection: a reload changes them for new connections.
-                tokio::spawn(serve_connection(
-                    stream,
-                    peer,
-                    config.load_full(),
-                    state.clone(),
-                    drain.connection(),
-                ));
+                let _ = stream.set_nodelay(true);
+                // Settings (and the TLS side) are read per connection: a reload changes them
+                // for new connections.
+                let (config, state) = (config.load_full(), state.clone());
+                let conn_drain = drain.connection();
+                match tls.load_full() {
+                    None => {
+                        tokio::spawn(serve_connection(stream, peer, config, state, conn_drain));
+                    }
+                    // The handshake runs in the connection's own task, so a slow client never
+                    // holds up the accept loop.
+                    Some(tls) => {
+                        tokio::spawn(async move {
+                            if let Some(stream) = tls.accept(stream).await {
+                                serve_connection(stream, peer, config, state, conn_drain).await;
+                            }
+                        });
+                    }
+                }
             }
             Err(err) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -54,23 +68,30 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<IO>(
+    stream: IO,
     peer: SocketAddr,
     config: Arc<ListenerConfig>,
     state: Arc<ListenerState>,
     mut drain: ConnectionDrain,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let svc_state = state.clone();
     let tunnels = drain.tunnels();
+    let redirect = config.redirect_https;
     let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let state = svc_state.clone();
         // Only a request that may upgrade gets the handle (no extension map on every request).
         if req.headers().contains_key(hyper::header::UPGRADE) {
             req.extensions_mut().insert(tunnels.clone());
         }
-        async move { Ok::<_, Infallible>(forward::handle(&state, peer, req).await) }
+        async move {
+            if redirect {
+                return Ok::<_, Infallible>(super::redirect::to_https(&state, peer, &req));
+            }
+            Ok::<_, Infallible>(forward::handle(&state, peer, req).await)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -119,6 +140,7 @@ fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper::Error) {
         upstream: None,
         target: None,
         status,
+        scheme: state.scheme,
         duration_ms: Duration::ZERO,
         bytes_in: 0,
         bytes_out: 0,

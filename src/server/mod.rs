@@ -2,3 +2,5 @@
 
 pub mod drain;
 pub mod listener;
+pub mod redirect;
+pub mod tls;

@@ -18,6 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct IoStats {
     read: AtomicU64,
     written: AtomicU64,
+    /// The first byte the upstream sent, plus one (0: nothing yet). A TLS record type there
+    /// (0x15 alert, 0x16 handshake) on a plain connection means the target speaks TLS.
+    first: std::sync::atomic::AtomicU16,
 }
 
 /// A point-in-time copy of [`IoStats`].
@@ -33,6 +36,14 @@ impl IoStats {
             read: self.read.load(Ordering::Relaxed),
             written: self.written.load(Ordering::Relaxed),
         }
+    }
+
+    /// The first byte read from the connection, if any was.
+    pub fn first_byte(&self) -> Option<u8> {
+        self.first
+            .load(Ordering::Relaxed)
+            .checked_sub(1)
+            .map(|b| b as u8)
     }
 }
 
@@ -63,8 +74,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for CountingIo<T> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len() - before;
-        if n > 0 {
-            self.stats.read.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 && self.stats.read.fetch_add(n as u64, Ordering::Relaxed) == 0 {
+            let first = u16::from(buf.filled()[before]) + 1;
+            self.stats.first.store(first, Ordering::Relaxed);
         }
         res
     }

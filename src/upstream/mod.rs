@@ -8,11 +8,13 @@
 //! never hangs.
 
 pub mod balancer;
+pub mod connect;
 pub mod health;
 pub mod hold;
 pub mod io;
 pub mod pool;
 mod target;
+pub mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -31,6 +33,7 @@ use health::state::{Policy, State, TargetHealth};
 use hold::{Held, Hold, HoldReject};
 use pool::PoolSettings;
 pub use target::{InFlight, Target};
+use tls::TlsClient;
 
 /// A named pool of targets with one balancing policy.
 pub struct Upstream {
@@ -58,6 +61,8 @@ pub struct Upstream {
     pace: Arc<Pace>,
     /// Queue rejections, for `/metrics`.
     pub counters: Arc<UpstreamCounters>,
+    /// `protocol = "https"`: the TLS client its pools and health checks share.
+    tls: Option<Arc<TlsClient>>,
 }
 
 /// Targets one request has tried, by id: positions in an upstream's list can change with a
@@ -102,7 +107,14 @@ enum Pick {
 }
 
 impl Upstream {
+    /// An upstream as `config` says; panics when its TLS files cannot be loaded (they were
+    /// checked by validation: use [`Upstream::try_new`] where they may have changed since).
     pub fn new(name: &str, config: UpstreamConfig) -> Self {
+        Self::try_new(name, config).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An upstream as `config` says, or why its TLS client cannot be built.
+    pub fn try_new(name: &str, config: UpstreamConfig) -> Result<Self, String> {
         Self::build(name, config, None)
     }
 
@@ -110,17 +122,32 @@ impl Upstream {
     /// listed keep their `Arc<Target>` — pool, health, ejection, slow-start ramp, counters —
     /// as long as nothing about how a target is reached or judged changed; the others are new
     /// and start as a target joining a pool. Waiters and counters carry over too.
-    pub fn rebuild(&self, config: UpstreamConfig) -> Self {
+    pub fn rebuild(&self, config: UpstreamConfig) -> Result<Self, String> {
         let keep = same_target_settings(&self.config, &config);
         Self::build(&self.name, config, Some((self, keep)))
     }
 
-    fn build(name: &str, config: UpstreamConfig, previous: Option<(&Upstream, bool)>) -> Self {
+    fn build(
+        name: &str,
+        config: UpstreamConfig,
+        previous: Option<(&Upstream, bool)>,
+    ) -> Result<Self, String> {
+        let tls = match &config.tls {
+            Some(cfg) => {
+                if cfg.insecure_skip_verify {
+                    tracing::warn!(upstream = name, "insecure_skip_verify = true: the targets' certificates are NOT verified; anyone on the path can impersonate them");
+                }
+                let client = TlsClient::new(cfg).map_err(|e| format!("upstream {name}: {e}"))?;
+                Some(Arc::new(client))
+            }
+            None => None,
+        };
         let settings = PoolSettings {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             max_idle: config.max_idle_per_target,
             max_response_header_bytes: config.max_response_header_bytes,
+            tls: tls.clone(),
         };
         let changed = previous.map_or_else(|| Arc::new(Notify::new()), |(p, _)| p.changed.clone());
         let policy = Policy::from_upstream(&config);
@@ -158,7 +185,8 @@ impl Upstream {
             .health
             .as_ref()
             .map_or(crate::config::defaults::HEALTH_INTERVAL, |h| h.interval);
-        Self {
+        Ok(Self {
+            tls,
             ever_routable: AtomicBool::new(ever_routable),
             routable_since,
             warned_never_healthy: AtomicBool::new(false),
@@ -172,7 +200,7 @@ impl Upstream {
             queued: AtomicUsize::new(0),
             eject_lock: std::sync::Mutex::new(()),
             counters: previous.map_or_else(Arc::default, |(p, _)| p.counters.clone()),
-        }
+        })
     }
 
     /// The target with this id, if it is still in this upstream.
@@ -411,7 +439,7 @@ impl Upstream {
             // down from the start has no transition to log, and would otherwise be silent.
             let first: Vec<AtomicBool> = addrs.iter().map(|_| AtomicBool::new(true)).collect();
             let pace = self.pace.clone();
-            let prober = health::active::ConfiguredProbe(cfg);
+            let prober = health::active::ConfiguredProbe::new(cfg, self.tls.clone());
             tokio::spawn(health::active::run_checks_paced(addrs, pace, prober, move |i, outcome| {
                 let target = &me.targets[i];
                 let first_result = first[i].swap(false, Ordering::Relaxed);

@@ -7,18 +7,18 @@
 //! driver task has not seen the upstream close it. The driver task stays spawned while the
 //! connection idles, so an idle FIN from the upstream is noticed when it arrives, not at reuse.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::connect::{Connector, Endpoint};
 use super::io::{CountingIo, IoStats};
+use super::tls::TlsClient;
 use crate::body::UpstreamBody;
-use crate::cause::{connect_cause, connect_detail, Cause, Phase, UpstreamError};
+use crate::cause::{Cause, Phase, UpstreamError};
 
 /// A connection ready to carry one request.
 pub struct Conn {
@@ -42,23 +42,21 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     pub max_idle: usize,
     pub max_response_header_bytes: usize,
+    /// `protocol = "https"`: the upstream's TLS client.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 /// The idle connections of one target, and how to make new ones.
 pub struct TargetPool {
-    addr: Arc<str>,
-    /// Set when `addr` is an IP literal: no resolution on connect.
-    literal: Option<SocketAddr>,
+    endpoint: Endpoint,
     settings: PoolSettings,
     idle: Mutex<Vec<Idle>>,
 }
 
 impl TargetPool {
     pub fn new(addr: Arc<str>, settings: PoolSettings) -> Self {
-        let literal = addr.parse().ok();
         Self {
-            addr,
-            literal,
+            endpoint: Endpoint::new(&addr, settings.tls.as_ref()),
             settings,
             idle: Mutex::new(Vec::new()),
         }
@@ -108,20 +106,13 @@ impl TargetPool {
         self.idle.lock().expect("pool lock").len()
     }
 
-    /// Opens a new connection within the connect timeout, trying every resolved address.
+    /// Opens a new connection through the [`Connector`] (DNS, TCP, TLS within the connect
+    /// timeout). The byte counters wrap the final stream, so for TLS they count request bytes,
+    /// not handshake bytes: `request_sent` stays a fact about the request.
     pub async fn connect(&self) -> Result<Conn, UpstreamError> {
-        let timeout = self.settings.connect_timeout;
-        let stream = tokio::time::timeout(timeout, self.connect_tcp())
-            .await
-            .map_err(|_| {
-                UpstreamError::before_send(
-                    Cause::ConnectionTimeout,
-                    Phase::Connect,
-                    format!("{} after {}ms", self.addr, timeout.as_millis()),
-                )
-            })??;
-        // Small requests and responses must not wait for Nagle.
-        let _ = stream.set_nodelay(true);
+        let stream = Connector::new(self.settings.connect_timeout)
+            .connect(&self.endpoint)
+            .await?;
         let (io, stats) = CountingIo::new(stream);
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.settings.max_response_header_bytes.max(8192))
@@ -142,44 +133,6 @@ impl TargetPool {
             sender,
             stats,
             reused: false,
-        })
-    }
-
-    async fn connect_tcp(&self) -> Result<TcpStream, UpstreamError> {
-        let addrs: Vec<SocketAddr> = match self.literal {
-            Some(addr) => vec![addr],
-            None => tokio::net::lookup_host(&*self.addr)
-                .await
-                .map_err(|e| {
-                    UpstreamError::before_send(
-                        Cause::DnsError,
-                        Phase::Connect,
-                        format!("{}: {e}", self.addr),
-                    )
-                })?
-                .collect(),
-        };
-        let mut last = None;
-        for addr in &addrs {
-            match TcpStream::connect(addr).await {
-                Ok(stream) => return Ok(stream),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(match last {
-            Some(e) => {
-                tracing::debug!(target = %self.addr, err = %e, "connect failed");
-                UpstreamError::before_send(
-                    connect_cause(&e),
-                    Phase::Connect,
-                    connect_detail(&self.addr, &e),
-                )
-            }
-            None => UpstreamError::before_send(
-                Cause::DnsError,
-                Phase::Connect,
-                format!("{}: no addresses", self.addr),
-            ),
         })
     }
 }

@@ -15,4 +15,6 @@ mod metrics;
 mod proxy;
 mod reload;
 mod run;
+mod tls;
+mod tls_upstream;
 mod websocket;

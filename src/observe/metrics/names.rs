@@ -82,3 +82,6 @@ pub const CONFIG_GENERATION_HELP: &str =
 pub const CONFIG_LAST_RELOAD: &str = "gatewise_config_last_reload_timestamp_seconds";
 pub const CONFIG_LAST_RELOAD_HELP: &str =
     "Unix time of the last reload attempt (ok or failed); 0 before the first";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "gatewise_tls_certificate_expiry_seconds";
+pub const TLS_CERTIFICATE_EXPIRY_HELP: &str =
+    "Seconds until a certificate a TLS listener serves expires (negative once expired), by listener and the certificate's first name";

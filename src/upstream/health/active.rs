@@ -12,7 +12,6 @@
 //! refused them — so a target that comes back is seen within ~100 ms, not within `interval`.
 
 use std::future::Future;
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,12 +20,14 @@ use bytes::Bytes;
 use http::{header, Request};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, Instant};
 
+use crate::cause::{Cause, UpstreamError};
 use crate::config::{HealthCheckKind, HealthConfig};
+use crate::upstream::connect::{Connector, Endpoint, Stream};
+use crate::upstream::tls::TlsClient;
 
 /// The result of one probe: `detail` says why, in words fit for a log line and the status page
 /// (`"status 200"`, `"status 503"`, `"connection refused"`, `"timeout after 300ms"`).
@@ -52,18 +53,27 @@ impl ProbeOutcome {
     }
 }
 
-/// Probes `target` (`host:port`) once as `cfg` says, the whole probe within `cfg.timeout`.
+/// Probes plain `target` (`host:port`) once as `cfg` says, the whole probe within `cfg.timeout`.
 pub async fn probe(target: &str, cfg: &HealthConfig) -> ProbeOutcome {
+    probe_endpoint(&Endpoint::new(target, None), cfg).await
+}
+
+/// Probes `ep` once as `cfg` says, through the same [`Connector`] as requests (so a TLS target
+/// is checked over TLS, and a failed handshake fails the check with the same words). For a
+/// TLS endpoint, a `tcp` check passes once the handshake is done.
+pub async fn probe_endpoint(ep: &Endpoint, cfg: &HealthConfig) -> ProbeOutcome {
+    let connector = Connector::new(cfg.timeout);
     let attempt = async {
+        let stream = match connector.connect(ep).await {
+            Ok(s) => s,
+            Err(e) => return ProbeOutcome::fail(connect_words(&e, &ep.addr)),
+        };
         match &cfg.kind {
-            HealthCheckKind::Tcp => match TcpStream::connect(target).await {
-                Ok(_) => ProbeOutcome::pass("connected"),
-                Err(e) => ProbeOutcome::fail(io_detail(&e)),
-            },
+            HealthCheckKind::Tcp => ProbeOutcome::pass("connected"),
             HealthCheckKind::Http {
                 path,
                 expected_status,
-            } => http_probe(target, path, *expected_status).await,
+            } => http_probe(stream, &ep.addr, path, *expected_status).await,
         }
     };
     match timeout(cfg.timeout, attempt).await {
@@ -73,12 +83,12 @@ pub async fn probe(target: &str, cfg: &HealthConfig) -> ProbeOutcome {
 }
 
 /// `GET path` on a fresh HTTP/1.1 connection; passes iff the status is in `expected` (inclusive).
-async fn http_probe(target: &str, path: &str, expected: (u16, u16)) -> ProbeOutcome {
-    let stream = match TcpStream::connect(target).await {
-        Ok(s) => s,
-        Err(e) => return ProbeOutcome::fail(io_detail(&e)),
-    };
-    let _ = stream.set_nodelay(true);
+async fn http_probe(
+    stream: Stream,
+    target: &str,
+    path: &str,
+    expected: (u16, u16),
+) -> ProbeOutcome {
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(pair) => pair,
@@ -121,14 +131,16 @@ async fn http_probe(target: &str, path: &str, expected: (u16, u16)) -> ProbeOutc
     }
 }
 
-/// Connect errors in the words operators know ("connection refused"), not OS error numbers.
-fn io_detail(e: &io::Error) -> String {
-    use io::ErrorKind::*;
-    match e.kind() {
-        kind @ (ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut
-        | AddrNotAvailable | PermissionDenied) => kind.to_string(),
-        // Name resolution failures and the rest: the OS message says more than the kind.
-        _ => e.to_string(),
+/// A failed connect in the words operators know: "connection refused" for a plain refusal,
+/// otherwise the cause and what the connector said, without repeating the target
+/// ("tls_certificate_error: unknown issuer ...").
+fn connect_words(e: &UpstreamError, addr: &str) -> String {
+    let detail = e.detail.strip_prefix(addr).unwrap_or(&e.detail);
+    let detail = detail.trim_start_matches(": ").trim();
+    match e.cause {
+        Cause::ConnectionRefused if detail.is_empty() => "connection refused".to_string(),
+        cause if detail.is_empty() => cause.as_str().replace('_', " "),
+        cause => format!("{cause}: {detail}"),
     }
 }
 
@@ -137,13 +149,24 @@ pub trait Prober: Send + Sync + 'static {
     fn probe(&self, target: &str) -> impl Future<Output = ProbeOutcome> + Send;
 }
 
-/// The check a [`HealthConfig`] describes, done by [`probe`].
+/// The check a [`HealthConfig`] describes, done by [`probe_endpoint`] over TLS when the
+/// upstream is `https`.
 #[derive(Debug, Clone)]
-pub struct ConfiguredProbe(pub HealthConfig);
+pub struct ConfiguredProbe {
+    cfg: HealthConfig,
+    tls: Option<Arc<TlsClient>>,
+}
+
+impl ConfiguredProbe {
+    pub fn new(cfg: HealthConfig, tls: Option<Arc<TlsClient>>) -> Self {
+        Self { cfg, tls }
+    }
+}
 
 impl Prober for ConfiguredProbe {
     fn probe(&self, target: &str) -> impl Future<Output = ProbeOutcome> + Send {
-        probe(target, &self.0)
+        let ep = Endpoint::new(target, self.tls.as_ref());
+        async move { probe_endpoint(&ep, &self.cfg).await }
     }
 }
 
@@ -204,7 +227,7 @@ pub async fn run_checks(
     report: impl Fn(usize, ProbeOutcome) + Send + Sync + 'static,
 ) {
     let interval = cfg.interval;
-    run_checks_with(targets, interval, ConfiguredProbe(cfg), report).await
+    run_checks_with(targets, interval, ConfiguredProbe::new(cfg, None), report).await
 }
 
 /// [`run_checks`] with any [`Prober`].

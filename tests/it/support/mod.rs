@@ -2,6 +2,7 @@
 //! the captured access log.
 
 pub mod node;
+pub mod tls;
 pub mod traffic;
 pub mod upstream;
 pub mod websocket;
