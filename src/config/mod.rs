@@ -14,6 +14,7 @@ mod validate_upstream;
 mod values;
 
 pub use validate::{parse, ConfigError, ConfigErrors};
+pub use values::check_target;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
