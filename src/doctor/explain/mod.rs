@@ -65,6 +65,9 @@ pub struct Failure<'a> {
 pub enum Line {
     /// The line has this format; its failures (if any) went to the sink.
     Understood(Option<Minute>),
+    /// The line is one client request (an access-log line) that ended with `status`; its failed
+    /// attempts (if any) went to the sink first. What clients saw is counted from these.
+    Request(Option<Minute>, u16),
     /// Not this format, or a message of it we cannot classify.
     Unknown,
 }

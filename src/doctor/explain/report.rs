@@ -24,6 +24,54 @@ pub struct FileStats {
     pub format: Option<Format>,
     pub lines: u64,
     pub unknown: u64,
+    /// This file's own view; files are never added together (an nginx error log and its access
+    /// log tell the same failure twice).
+    pub view: FileView,
+}
+
+/// What one file says clients saw, apart from the attempts that failed behind their backs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileView {
+    /// Client requests in the file (access-log lines); 0 for an error log.
+    pub requests: u64,
+    /// Requests answered with a status of 500 or more, by status, then by what caused it
+    /// ([`client_label`]): one per request, however many attempts it took.
+    pub failed: BTreeMap<u16, BTreeMap<&'static str, u64>>,
+    /// Failed attempts of requests that still ended below 500, by cause ([`cause_label`]).
+    pub hidden: BTreeMap<&'static str, u64>,
+    /// Every failed attempt the file names (an error log only has these).
+    pub attempts: u64,
+}
+
+impl FileView {
+    /// Requests that failed for clients.
+    pub fn failed_requests(&self) -> u64 {
+        self.failed.values().flat_map(|m| m.values()).sum()
+    }
+
+    pub fn hidden_attempts(&self) -> u64 {
+        self.hidden.values().sum()
+    }
+}
+
+/// The report's word for a failure: the cause, `retried_unnamed` for an attempt a retry hid but
+/// the log does not say why it failed (HAProxy's retry count, nginx's `$upstream_status 502, 200`),
+/// `unclassified` for a proxy-made 5xx of unknown reason.
+pub fn cause_label(cause: CauseKey, recovered: bool) -> &'static str {
+    match (cause, recovered) {
+        (None, true) => RETRIED_UNNAMED,
+        (c, _) => causes::name(c),
+    }
+}
+
+/// A hidden attempt whose failure the log does not name.
+pub const RETRIED_UNNAMED: &str = "retried_unnamed";
+/// A 5xx with no failed attempt behind it: the upstream's own response, passed through.
+pub const UPSTREAM_5XX: &str = "upstream_response";
+
+/// What caused a 5xx a client saw: the last failed attempt of its line, or none at all.
+fn client_label(last: Option<CauseKey>) -> &'static str {
+    last.map_or(UPSTREAM_5XX, |c| causes::name(c))
 }
 
 #[derive(Debug, Clone, Default)]
@@ -69,6 +117,11 @@ pub struct Report {
     pub by_target: HashMap<String, TargetTally>,
     pub timeline: BTreeMap<Minute, MinuteTally>,
     pub undated: u64,
+    /// Attempts a retry hid whose failure the log does not name; kept apart from `unclassified`
+    /// (a proxy-made 5xx a client saw), which they are not.
+    pub retried_unnamed: CauseTally,
+    /// The last client-visible failure of the line being parsed (its cause is the response's).
+    last_failure: Option<CauseKey>,
 }
 
 impl Report {
@@ -87,6 +140,20 @@ impl Report {
             return;
         };
         file.lines += 1;
+        if let Line::Request(_, status) = parsed {
+            file.view.requests += 1;
+            if status >= 500 {
+                let label = client_label(self.last_failure);
+                *file
+                    .view
+                    .failed
+                    .entry(status)
+                    .or_default()
+                    .entry(label)
+                    .or_default() += 1;
+            }
+        }
+        self.last_failure = None;
         if parsed == Line::Unknown {
             file.unknown += 1;
             if self.unknown_samples.len() < UNKNOWN_SAMPLES {
@@ -99,7 +166,26 @@ impl Report {
 
     /// Adds one failure.
     pub fn failure(&mut self, f: &Failure<'_>) {
-        let tally = self.by_cause.entry(f.cause).or_default();
+        if let Some(file) = self.files.last_mut() {
+            file.view.attempts += 1;
+            if f.recovered {
+                *file
+                    .view
+                    .hidden
+                    .entry(cause_label(f.cause, true))
+                    .or_default() += 1;
+            } else {
+                self.last_failure = Some(f.cause);
+            }
+        }
+        // Only named (or client-visible) failures go under a cause; by target and by minute the
+        // rest is `count` minus the causes' sum.
+        let unnamed = f.cause.is_none() && f.recovered;
+        let tally = if unnamed {
+            &mut self.retried_unnamed
+        } else {
+            self.by_cause.entry(f.cause).or_default()
+        };
         tally.count += 1;
         tally.recovered += u64::from(f.recovered);
         bump(&mut tally.codes, f.code);
@@ -115,20 +201,46 @@ impl Report {
         };
         t.count += 1;
         t.recovered += u64::from(f.recovered);
-        *t.causes.entry(f.cause).or_default() += 1;
+        if !unnamed {
+            *t.causes.entry(f.cause).or_default() += 1;
+        }
         match f.minute {
             Some(m) => {
                 let slot = self.timeline.entry(m).or_default();
                 slot.count += 1;
-                *slot.causes.entry(f.cause).or_default() += 1;
+                if !unnamed {
+                    *slot.causes.entry(f.cause).or_default() += 1;
+                }
                 bump(&mut slot.targets, target);
             }
             None => self.undated += 1,
         }
     }
 
+    /// Failed attempts, every file together (an attempt in an error log and the same one in its
+    /// access log count twice here: the per-file [`FileView`]s are the honest counts).
     pub fn failures(&self) -> u64 {
-        self.by_cause.values().map(|t| t.count).sum()
+        self.by_cause.values().map(|t| t.count).sum::<u64>() + self.retried_unnamed.count
+    }
+
+    /// Requests that failed for clients, from the access-type files (one line per request). An
+    /// error log has no client view: its attempts are reported apart, never added to these.
+    pub fn client_failures(&self) -> u64 {
+        self.files.iter().map(|f| f.view.failed_requests()).sum()
+    }
+
+    /// Failed attempts a retry hid from clients, from the access-type files.
+    pub fn hidden_attempts(&self) -> u64 {
+        self.files.iter().map(|f| f.view.hidden_attempts()).sum()
+    }
+
+    /// Failed attempts in files without a client view (nginx error logs).
+    pub fn error_log_attempts(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| f.view.requests == 0)
+            .map(|f| f.view.attempts)
+            .sum()
     }
 
     pub fn lines(&self) -> u64 {
@@ -214,6 +326,19 @@ fn episode(run: &[(&Minute, &MinuteTally)]) -> Episode {
         for (target, n) in &t.targets {
             *targets.entry(target).or_default() += n;
         }
+    }
+    if causes.is_empty() {
+        // Only attempts a retry hid, none of them named by the log.
+        let (start, end) = (*run[0].0, *run[run.len() - 1].0);
+        return Episode {
+            start,
+            end,
+            count,
+            cause: None,
+            cause_share: 0.0,
+            target: None,
+            diagnosis: format!("{count} attempt(s) failed and were retried with success; the log does not say why they failed"),
+        };
     }
     let (cause, cn) = causes
         .iter()
