@@ -5,6 +5,7 @@ mod support;
 mod chaos;
 mod config;
 mod demo;
+mod doctor;
 mod drain;
 mod explain;
 mod failover;
