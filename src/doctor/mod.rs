@@ -197,7 +197,7 @@ pub fn from_url(url: &str) -> Result<(String, Expect), String> {
     Ok((
         target,
         Expect {
-            upstream: "(doctor URL)".to_string(),
+            upstream: "default".to_string(),
             tls,
             health: None,
             path: path.to_string(),
