@@ -8,6 +8,7 @@
 pub mod explain;
 pub mod listening;
 pub mod measure;
+pub mod nginx;
 pub mod probe;
 pub mod report;
 pub mod target;
@@ -112,7 +113,7 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
         (None, Some(path), None) => config::load(path)
             .map(|c| (path.display().to_string(), expectations(&c)))
             .map_err(|e| e.to_string().trim_end().to_string()),
-        (None, None, Some(_)) => Err("--nginx is not supported yet".to_string()),
+        (None, None, Some(path)) => return run_nginx(path, args),
         _ => Err("give one of URL, --config FILE or --nginx FILE".to_string()),
     };
     let (subject, mut targets) = match built {
@@ -152,8 +153,40 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
         report.merge(one);
     }
     report.sort();
+    print(&report, args.json)
+}
+
+/// `gatewise doctor --nginx FILE`.
+fn run_nginx(path: &std::path::Path, args: &DoctorArgs) -> ExitCode {
+    let idle_wait = match args
+        .idle_wait
+        .as_deref()
+        .map(config::parse_duration)
+        .transpose()
+    {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("gatewise doctor: --idle-wait: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Ok(rt) = runtime() else {
+        eprintln!("gatewise doctor: cannot start the runtime");
+        return ExitCode::from(2);
+    };
+    match rt.block_on(nginx::doctor(path, args.requests, idle_wait)) {
+        Ok(report) => print(&report, args.json),
+        Err(e) => {
+            eprintln!("gatewise doctor: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Prints the report (text or `--json`); exit 0 clean, 1 findings, 2 when it cannot be written.
+fn print(report: &Report, json: bool) -> ExitCode {
     let mut out = std::io::stdout().lock();
-    let written = if args.json {
+    let written = if json {
         serde_json::to_writer_pretty(&mut out, &report.to_json())
             .map_err(std::io::Error::from)
             .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
