@@ -109,7 +109,7 @@ fn proxies_to<'a>(m: &'a Model, addr: &str, who: &str) -> Vec<&'a Proxy> {
 }
 
 /// Findings that need no probe: the config alone causes them.
-fn config_findings(m: &Model, r: &mut Report) {
+pub fn config_findings(m: &Model, r: &mut Report) {
     for p in &m.proxies {
         let Some((_, authority)) = p.destination() else {
             continue;
