@@ -59,9 +59,9 @@ pub fn expectations(config: &Config) -> Vec<(String, Expect)> {
 }
 
 /// Probes every target in parallel and gathers one report.
-pub async fn probe_all(subject: &str, targets: Vec<(String, Expect)>, depth: Depth) -> Report {
+pub async fn probe_all(subject: &str, targets: Vec<(String, Expect, Depth)>) -> Report {
     let mut set = tokio::task::JoinSet::new();
-    for (t, e) in targets {
+    for (t, e, depth) in targets {
         set.spawn(async move { target::probe(&t, &e, depth).await });
     }
     let mut report = Report {
@@ -99,7 +99,12 @@ pub fn check_configs(configs: &[(String, Config)]) -> ExitCode {
     };
     let mut worst = 0;
     for (name, config) in configs {
-        let report = rt.block_on(probe_all(name, expectations(config), Depth::Check));
+        let targets = expectations(config)
+            .into_iter()
+            .map(|(t, e)| (t, e, Depth::Check))
+            .collect();
+        let mut report = rt.block_on(probe_all(name, targets));
+        report.command = "check";
         let _ = report.text(&mut std::io::stdout().lock());
         worst = worst.max(report.exit_code());
     }
@@ -139,20 +144,18 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
         eprintln!("gatewise doctor: cannot start the runtime");
         return ExitCode::from(2);
     };
-    let mut report = Report {
-        subject,
-        ..Report::default()
-    };
-    // Targets of one upstream share its settings; each gets its own idle wait.
-    for (t, e) in targets.drain(..) {
-        let depth = Depth::Doctor {
-            requests: args.requests.max(1),
-            idle_wait: idle_wait.unwrap_or(e.idle_timeout + Duration::from_secs(2)),
-        };
-        let one = rt.block_on(probe_all("", vec![(t, e)], depth));
-        report.merge(one);
-    }
-    report.sort();
+    // Every target at once, each with its own idle wait (its upstream's idle_timeout + 2 s).
+    let targets = targets
+        .drain(..)
+        .map(|(t, e)| {
+            let depth = Depth::Doctor {
+                requests: args.requests.max(1),
+                idle_wait: idle_wait.unwrap_or(e.idle_timeout + Duration::from_secs(2)),
+            };
+            (t, e, depth)
+        })
+        .collect();
+    let report = rt.block_on(probe_all(&subject, targets));
     print(&report, args.json)
 }
 

@@ -67,6 +67,8 @@ pub struct Finding {
 /// Everything one run learned.
 #[derive(Debug, Default, Clone)]
 pub struct Report {
+    /// `check` or `doctor` (empty: `doctor`), for the first line.
+    pub command: &'static str,
     /// What was examined: a URL, a config file.
     pub subject: String,
     pub facts: Vec<Fact>,
@@ -141,7 +143,12 @@ impl Report {
     }
 
     pub fn text(&self, out: &mut dyn Write) -> io::Result<()> {
-        writeln!(out, "gatewise doctor: {}", self.subject)?;
+        let command = if self.command.is_empty() {
+            "doctor"
+        } else {
+            self.command
+        };
+        writeln!(out, "gatewise {command}: {}", self.subject)?;
         for layer in Layer::ALL {
             let verdict = self.verdict(layer);
             if layer == Layer::Config && verdict == "not checked" {

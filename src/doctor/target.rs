@@ -279,9 +279,37 @@ async fn http_layers(
         idle_wait,
     } = depth
     {
+        // The health path's answer says little about real responses: measure on the path.
+        let (stream, first) = match &expect.health {
+            Some((hpath, _)) if *hpath != expect.path => {
+                match main_exchange(stream, first.closes, target, expect, addr, deadline).await {
+                    Some(pair) => pair,
+                    None => return,
+                }
+            }
+            _ => (stream, first),
+        };
         super::measure::doctor_layers(r, target, expect, addr, stream, first, requests, idle_wait)
             .await;
     }
+}
+
+/// `GET expect.path` on the connection (or a new one when the last response closed it).
+async fn main_exchange(
+    mut stream: tokio::net::TcpStream,
+    closed: bool,
+    target: &str,
+    expect: &Expect,
+    addr: SocketAddr,
+    deadline: Duration,
+) -> Option<(tokio::net::TcpStream, probe::Exchange)> {
+    if closed {
+        stream = probe::connect(addr, expect.connect_timeout).await.ok()?;
+    }
+    let ex = probe::exchange(&mut stream, target, &expect.path, deadline)
+        .await
+        .ok()?;
+    Some((stream, ex))
 }
 
 fn tls_answer(r: &mut Report, target: &str, expect: &Expect, addr: SocketAddr) {

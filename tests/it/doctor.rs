@@ -126,6 +126,7 @@ async fn check_names_the_wrong_port_and_the_one_listening_next_to_it() {
     let (code, out, _) = gatewise(&["check", good.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("No findings."), "{out}");
+    assert!(out.contains("gatewise check: "), "{out}");
     let (code, out, _) = gatewise(&["check", "--offline", file.to_str().unwrap()]).await;
     assert_eq!(code, 0, "{out}");
     assert!(!out.contains("nothing listens"), "{out}");
@@ -137,7 +138,10 @@ async fn check_exit_2_on_a_config_error_and_probes_nothing() {
     let (code, out, err) = gatewise(&["check", file.to_str().unwrap()]).await;
     assert_eq!(code, 2, "{out}{err}");
     assert!(err.contains("upstream.app.targets"), "{err}");
-    assert!(!out.contains("gatewise doctor"), "{out}");
+    assert!(
+        !out.contains("gatewise check:"),
+        "probed an invalid file: {out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,6 +160,13 @@ async fn check_says_a_tls_port_is_configured_as_plain_http() {
     let (code, out, _) = gatewise(&["doctor", &url]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("speaks TLS, as configured"), "{out}");
+    // The reverse: TLS expected, plain HTTP answers.
+    let plain = upstream::ok("hi").await;
+    let url = format!("https://{}/", plain.addr);
+    let (code, out, _) = gatewise(&["doctor", &url]).await;
+    assert_eq!(code, 1, "{out}");
+    let want = format!("{} speaks plain HTTP but default expects TLS", plain.addr);
+    assert!(out.contains(&want), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,14 +235,21 @@ async fn doctor_measures_an_idle_close_of_1s_and_flags_the_4s_pool() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_flags_a_32k_response_head_against_a_16k_limit() {
     let big = "x".repeat(32 * 1024);
-    let up = upstream::serve(move |_| {
+    // Small on the health path, 32 KiB on the real one: measured where the traffic goes.
+    let up = upstream::serve(move |req| {
+        let value = if req.uri().path() == "/health" {
+            "small"
+        } else {
+            big.as_str()
+        };
         Response::builder()
-            .header("x-big", big.as_str())
+            .header("x-big", value)
             .body(Full::new(Bytes::from_static(b"ok")))
             .unwrap()
     })
     .await;
-    let limit = "max_response_header_bytes = \"16KiB\"\n";
+    let limit =
+        "max_response_header_bytes = \"16KiB\"\n[upstream.app.health]\npath = \"/health\"\n";
     let file = config_file("bighead", &[up.addr.to_string()], limit, "");
     let (code, out, _) = gatewise(&[
         "doctor",
