@@ -143,8 +143,9 @@ async fn keepalive_without_http11_and_empty_connection_is_no_pooling() {
 async fn max_fails_1_on_a_pool_of_two_and_a_name_resolved_at_start() {
     let (a, b) = (upstream::ok("a").await, upstream::ok("b").await);
     let conf_d = format!(
-        "upstream pair {{\n    server {} max_fails=1 fail_timeout=5s;\n    server {};\n}}\n",
-        a.addr, b.addr
+        "upstream pair {{\n    server {} max_fails=1 fail_timeout=5s;\n    server localhost:{};\n}}\n",
+        a.addr,
+        b.addr.port()
     );
     let location = format!(
         "{GOOD_LOCATION}\n\t}}\n\tlocation /pair {{\n\t\tproxy_pass http://pair;\n\t}}\n\tlocation /by-name {{\n\t\tproxy_pass http://localhost:{}/;",
@@ -172,7 +173,12 @@ async fn max_fails_1_on_a_pool_of_two_and_a_name_resolved_at_start() {
         )),
         "{out}"
     );
-    assert_eq!(findings(&out), 2, "{out}");
+    let by_name = format!(
+        "server localhost:{} in upstream pair is a name nginx resolves once",
+        b.addr.port()
+    );
+    assert!(out.contains(&by_name), "{out}");
+    assert_eq!(findings(&out), 3, "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -151,6 +151,22 @@ pub fn config_findings(m: &Model, r: &mut Report) {
         }
     }
     for up in m.upstreams.values() {
+        for s in up
+            .servers
+            .iter()
+            .filter(|s| !s.resolve && !s.addr.starts_with("unix:"))
+        {
+            let host = s.addr.rsplit_once(':').map_or(s.addr.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.parse::<IpAddr>().is_err() {
+                r.finding(
+                    Layer::Config,
+                    &s.at,
+                    format!("server {} in upstream {} is a name nginx resolves once, at start: when its address changes (a container restart, a redeploy), nginx keeps sending to the old one until reloaded", s.addr, up.name),
+                    format!("add `resolve` to the server and a `zone` and `resolver` to upstream {} (nginx 1.27.3+ or Plus), or reload nginx whenever the address changes", up.name),
+                );
+            }
+        }
         let live: Vec<_> = up.servers.iter().filter(|s| !s.backup && !s.down).collect();
         if live.len() > 2 {
             continue;
