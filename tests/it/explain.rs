@@ -194,13 +194,42 @@ fn captured_haproxy_retries_count_what_clients_saw() {
     assert!(!text.contains("proxy answered 502/504 itself"), "{text}");
 }
 
-/// An nginx error log read with its access log: each file's view is reported apart, the error
-/// log's attempts are never added to the requests clients saw.
+/// An nginx error log read with its access log: one failure told by both is counted once, under
+/// the error log's cause; the error log's attempts are never added to the requests clients saw;
+/// a request nginx retried that ended 2xx hides the error log's failure ("hidden by a retry").
 #[test]
 fn nginx_error_and_access_logs_together_are_not_added_up() {
     let (_, alone) = json(&[&fixture("nginx-access.log")]);
+    let (_, errors) = json(&[&fixture("nginx-error.log")]);
+    // Either order: the join runs once every file is read.
+    let (_, reversed) = json(&[&fixture("nginx-access.log"), &fixture("nginx-error.log")]);
     let (code, both) = json(&[&fixture("nginx-error.log"), &fixture("nginx-access.log")]);
     assert_eq!(code, 1);
+    assert_eq!(both["joined"], 15);
+    assert_eq!(reversed["joined"], 15);
+    assert_eq!(
+        counts(&both, "by_cause", "cause"),
+        counts(&errors, "by_cause", "cause"),
+        "every access-log failure has its partner in the error log: counted once"
+    );
+    assert_eq!(both["failures"], errors["failures"]);
+    let view = &both["files"][1]["view"];
+    assert_eq!(view["hidden"], serde_json::json!({"connection_refused": 2}));
+    assert_eq!(
+        view["failed"]["504"],
+        serde_json::json!({"connection_timeout": 1, "http_response_timeout": 1})
+    );
+    assert_eq!(
+        status_counts(view),
+        status_counts(&alone["files"][0]["view"])
+    );
+    let refused = both["by_cause"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cause"] == "connection_refused")
+        .unwrap();
+    assert_eq!(refused["recovered"], 2, "/retried: 502 then 200");
     assert_eq!(both["client_failed"], alone["client_failed"]);
     assert_eq!(both["hidden"], alone["hidden"]);
     assert_eq!(

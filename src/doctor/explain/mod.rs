@@ -13,6 +13,7 @@ pub mod envoy;
 pub mod gatewise_log;
 pub mod haproxy;
 pub mod input;
+mod join;
 pub mod nginx_access;
 pub mod nginx_error;
 pub mod render;
@@ -149,6 +150,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         );
         io_error = true;
     }
+    report.join_nginx();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let written = if args.json {

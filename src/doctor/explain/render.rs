@@ -47,10 +47,11 @@ fn unnamed(count: u64, causes: &BTreeMap<CauseKey, u64>) -> u64 {
 }
 
 /// The advice shown for a tally: `unclassified` does not ask for log fields the log has.
-fn advice_for(cause: CauseKey, t: &CauseTally) -> causes::Advice {
+fn advice_for(r: &Report, cause: CauseKey, t: &CauseTally) -> causes::Advice {
     // One line with `$upstream_status` shows the format has it (a line nginx answered without
     // an upstream, like a failed resolve, logs `-` there).
-    let has_upstream_fields = t.codes.keys().any(|c| c.starts_with("upstream_status"));
+    let has_upstream_fields =
+        r.upstream_fields_seen || t.codes.keys().any(|c| c.starts_with("upstream_status"));
     if cause.is_none() && has_upstream_fields {
         causes::advice_unclassified_with_upstream_fields()
     } else {
@@ -63,7 +64,7 @@ fn cause_rows(r: &Report) -> Vec<(&'static str, &CauseTally, causes::Advice)> {
     let mut rows: Vec<_> = r
         .causes_ranked()
         .into_iter()
-        .map(|(c, t)| (causes::name(c), t, advice_for(c, t)))
+        .map(|(c, t)| (causes::name(c), t, advice_for(r, c, t)))
         .collect();
     if r.retried_unnamed.count > 0 {
         let a = causes::advice_retried_unnamed();
@@ -110,11 +111,17 @@ fn codes_ranked(m: &HashMap<String, u64>) -> Vec<(&str, u64)> {
 /// The human report.
 pub fn text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
     let in_error_logs = r.error_log_attempts();
-    let apart = if in_error_logs > 0 {
+    let mut apart = if in_error_logs > 0 {
         format!(", {in_error_logs} failed attempts in error logs (counted apart)")
     } else {
         String::new()
     };
+    if r.join.joined > 0 {
+        apart.push_str(&format!(
+            ", {} failures told by both an nginx error log and its access log counted once",
+            r.join.joined
+        ));
+    }
     writeln!(
         out,
         "gatewise explain: {} file(s), {} lines: {} requests failed for clients (status >= 500), {} failed attempts hidden by a retry{apart}, {} lines not understood",
@@ -358,7 +365,7 @@ pub fn to_json(r: &Report) -> Value {
     json!({
         "schema": SCHEMA,
         "client_failed": r.client_failures(), "hidden": r.hidden_attempts(),
-        "error_log_attempts": r.error_log_attempts(),
+        "error_log_attempts": r.error_log_attempts(), "joined": r.join.joined,
         "files": files, "lines": r.lines(), "failures": r.failures(),
         "recovered": r.by_cause.values().map(|t| t.recovered).sum::<u64>() + r.retried_unnamed.recovered,
         "unknown": r.unknown(), "unknown_samples": r.unknown_samples, "undated": r.undated,

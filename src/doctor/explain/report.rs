@@ -122,6 +122,13 @@ pub struct Report {
     pub retried_unnamed: CauseTally,
     /// The last client-visible failure of the line being parsed (its cause is the response's).
     last_failure: Option<CauseKey>,
+    /// An nginx access log with `$upstream_addr`/`$upstream_status` was read (no advice to add
+    /// them, even when the failures that showed it were joined with the error log's).
+    pub upstream_fields_seen: bool,
+    /// The format of the line being parsed (a file may interleave formats).
+    pub line_format: Option<Format>,
+    /// nginx failures told by both the error log and the access log, counted once.
+    pub join: super::join::NginxJoin,
 }
 
 impl Report {
@@ -140,9 +147,11 @@ impl Report {
             return;
         };
         file.lines += 1;
+        let mut labelled = None;
         if let Line::Request(_, status) = parsed {
             file.view.requests += 1;
             if status >= 500 {
+                labelled = self.last_failure.map(|_| status);
                 let label = client_label(self.last_failure);
                 *file
                     .view
@@ -154,6 +163,7 @@ impl Report {
             }
         }
         self.last_failure = None;
+        self.join.end_line(labelled);
         if parsed == Line::Unknown {
             file.unknown += 1;
             if self.unknown_samples.len() < UNKNOWN_SAMPLES {
@@ -166,6 +176,11 @@ impl Report {
 
     /// Adds one failure.
     pub fn failure(&mut self, f: &Failure<'_>) {
+        let current = self.files.len().saturating_sub(1);
+        if self.line_format == Some(Format::NginxAccess) && f.target.is_some() {
+            self.upstream_fields_seen = true;
+        }
+        self.join.failure(self.line_format, current, f);
         if let Some(file) = self.files.last_mut() {
             file.view.attempts += 1;
             if f.recovered {
