@@ -21,6 +21,7 @@ pub mod report;
 #[cfg(test)]
 mod robustness;
 mod time;
+mod view;
 
 use std::process::ExitCode;
 
