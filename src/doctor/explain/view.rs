@@ -12,7 +12,7 @@ pub struct FileView {
     /// Client requests in the file (access-log lines); 0 for an error log.
     pub requests: u64,
     /// Requests answered with a status of 500 or more, by status, then by what caused it
-    /// ([`client_label`]): one per request, however many attempts it took.
+    /// (`client_label`): one per request, however many attempts it took.
     pub failed: BTreeMap<u16, BTreeMap<&'static str, u64>>,
     /// Failed attempts of requests that still ended below 500, by cause ([`cause_label`]).
     pub hidden: BTreeMap<&'static str, u64>,
