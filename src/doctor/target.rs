@@ -81,7 +81,8 @@ pub async fn probe(target: &str, expect: &Expect, depth: Depth) -> Report {
         }
     }
     for (addr, fail) in &failed {
-        tcp_finding(&mut r, target, expect, *addr, fail, &answering);
+        let other = answering.first().map(|(a, _)| *a);
+        tcp_finding(&mut r, target, expect, *addr, fail, other);
     }
     let Some((addr, stream)) = answering.into_iter().next() else {
         return r;
@@ -105,9 +106,8 @@ fn tcp_finding(
     expect: &Expect,
     addr: SocketAddr,
     fail: &ConnectFailure,
-    answering: &[(SocketAddr, tokio::net::TcpStream)],
+    other: Option<SocketAddr>,
 ) {
-    let other = answering.first().map(|(a, _)| *a);
     match fail {
         ConnectFailure::Refused => {
             let mut message = format!("nothing listens on {addr}");
@@ -335,5 +335,57 @@ pub fn ms(d: Duration) -> String {
         format!("{:.1} s", d.as_secs_f64())
     } else {
         format!("{} ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expect() -> Expect {
+        Expect {
+            upstream: "app".into(),
+            tls: false,
+            health: None,
+            path: "/".into(),
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(4),
+            per_try_timeout: Duration::from_secs(5),
+            max_response_header_bytes: 65536,
+        }
+    }
+
+    /// `localhost` resolving to ::1 and 127.0.0.1 while the app listens on IPv4 only.
+    #[test]
+    fn a_refused_family_next_to_an_answering_one_names_the_family() {
+        let mut r = Report::default();
+        let v6: SocketAddr = "[::1]:3000".parse().unwrap();
+        let v4: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+        tcp_finding(
+            &mut r,
+            "localhost:3000",
+            &expect(),
+            v6,
+            &ConnectFailure::Refused,
+            Some(v4),
+        );
+        let f = &r.findings[0];
+        assert_eq!(f.layer, Layer::Tcp);
+        assert_eq!(
+            f.message,
+            "nothing listens on [::1]:3000; 127.0.0.1:3000 answers: the app listens on IPv4 only"
+        );
+        assert!(f.fix.contains("bind the app to both families"), "{}", f.fix);
+    }
+
+    #[test]
+    fn a_timeout_is_told_apart_from_a_refusal() {
+        let mut r = Report::default();
+        let addr: SocketAddr = "10.0.0.7:80".parse().unwrap();
+        let timed_out = ConnectFailure::TimedOut(Duration::from_secs(1));
+        tcp_finding(&mut r, "10.0.0.7:80", &expect(), addr, &timed_out, None);
+        assert!(r.findings[0]
+            .message
+            .starts_with("connecting to 10.0.0.7:80 timed out after 1.0 s: packets are dropped"));
     }
 }
