@@ -117,9 +117,17 @@ async fn check_names_the_wrong_port_and_the_one_listening_next_to_it() {
     let file = config_file("wrong-port", &[wrong.to_string()], "", "");
     let (code, out, _) = gatewise(&["check", file.to_str().unwrap()]).await;
     assert_eq!(code, 1, "{out}");
-    let want = format!("nothing listens on {wrong}; {} is listening", up.addr);
-    assert!(out.contains(&want), "{want}\n{out}");
-    assert!(out.contains("wrong port?"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(&format!("nothing listens on {wrong};")))
+        .unwrap_or_else(|| panic!("{out}"));
+    // The two nearest listening ports are named; ours is one of them (another test's socket
+    // may be as near on a busy machine).
+    assert!(line.contains(&up.addr.to_string()), "{line}");
+    assert!(
+        line.contains("is listening") && line.contains("wrong port?"),
+        "{line}"
+    );
 
     // The same file with the right port: clean, exit 0. Offline: never probes, exit 0.
     let good = config_file("right-port", &[up.addr.to_string()], "", "");
