@@ -30,7 +30,7 @@ async fn gatewise(args: &[&str]) -> (i32, String, String) {
 
 /// A config file with one upstream over `targets`; `extra_upstream`/`extra_route` are TOML lines.
 fn config_file(name: &str, targets: &[String], extra_upstream: &str, extra_route: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gatewise-doctor-{}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("doctor");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("{name}.toml"));
     let targets: Vec<String> = targets.iter().map(|t| format!("{t:?}")).collect();

@@ -12,7 +12,9 @@ use crate::support::upstream::{self, Mock};
 /// A Debian-shaped tree: nginx.conf including mime.types, conf.d/*.conf and sites-enabled/*;
 /// `site` goes to sites-enabled/default, `conf_d` to conf.d/upstreams.conf.
 fn debian_tree(name: &str, conf_d: &str, site: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gatewise-nginx-{}-{name}", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nginx-{name}"));
+    // Fresh each run: a file left by an earlier run would be picked up by the include globs.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("conf.d")).unwrap();
     std::fs::create_dir_all(dir.join("sites-enabled")).unwrap();
     std::fs::write(
@@ -238,7 +240,7 @@ async fn an_unreadable_config_is_exit_2() {
     let (code, out) = doctor(&PathBuf::from("/nonexistent/nginx.conf"), &[]).await;
     assert_eq!(code, 2, "{out}");
     // Never panics on garbage: parsed with warnings, still a report.
-    let dir = std::env::temp_dir().join(format!("gatewise-nginx-{}-garbage", std::process::id()));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("nginx-garbage");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("nginx.conf"),
