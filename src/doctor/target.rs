@@ -191,15 +191,24 @@ async fn http_layers(
             return;
         }
         Err(ExchangeError::NotHttp(other)) => {
+            let first = match other {
+                Speaks::Other(bytes) => format!(": \"{}\"", bytes.escape_ascii()),
+                _ => String::new(),
+            };
             r.finding(
                 Layer::Http,
                 target,
-                format!("{addr} answered an HTTP request with bytes that are not HTTP ({other:?})"),
+                format!("{addr} answered an HTTP request with bytes that are not HTTP{first}"),
                 "point the target at the app's HTTP port",
             );
             return;
         }
         Err(ExchangeError::TimedOut(d)) => {
+            // A TLS server may wait for the rest of a "record" that never comes.
+            if probe::sniff(addr, probe::CLIENT_HELLO, CHECK_DEADLINE).await == Speaks::Tls {
+                tls_answer(r, target, expect, addr);
+                return;
+            }
             r.mark(Layer::Tls);
             r.finding(
                 Layer::Timeouts,

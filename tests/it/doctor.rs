@@ -356,3 +356,50 @@ async fn doctor_json_follows_the_documented_schema() {
         .unwrap()
         .contains(&format!("nothing listens on {wrong}")));
 }
+
+/// A port that answers a request with something that is not HTTP (an SSH banner): named, with
+/// the bytes, not mistaken for TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_says_a_port_answers_something_that_is_not_http() {
+    let ssh = upstream::raw(|mut s, _| async move {
+        let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1\r\n").await;
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+    })
+    .await;
+    let file = config_file("ssh", &[ssh.addr.to_string()], "", "");
+    let (code, out, _) = gatewise(&["check", file.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "{out}");
+    let want = format!(
+        "{} answered an HTTP request with bytes that are not HTTP: \"SSH-2.0-OpenSSH_",
+        ssh.addr
+    );
+    assert!(out.contains(&want), "{out}");
+    assert!(!out.contains("speaks TLS"), "{out}");
+}
+
+/// A TLS port that stays silent on a plain request (it waits for the rest of a "record") and
+/// answers a ClientHello with a handshake record: still found to speak TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_tls_behind_a_port_silent_to_plain_http() {
+    let tls = upstream::raw(|mut s, _| async move {
+        let mut buf = [0u8; 1024];
+        if let Ok(n) = s.read(&mut buf).await {
+            if n > 0 && buf[0] == 0x16 {
+                // handshake, TLS 1.2: the first bytes of a ServerHello record
+                let _ = s.write_all(&[0x16, 0x03, 0x03, 0x00, 0x31, 0x02]).await;
+            } else {
+                let _ = s.read(&mut buf).await; // waits for bytes that never come
+            }
+        }
+    })
+    .await;
+    let file = config_file("silent-tls", &[tls.addr.to_string()], "", "");
+    let (code, out, _) = gatewise(&["check", file.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "{out}");
+    let want = format!(
+        "{} speaks TLS but upstream app is configured as plain HTTP",
+        tls.addr
+    );
+    assert!(out.contains(&want), "{out}");
+}
