@@ -21,8 +21,12 @@ pub enum Command {
     /// Run the gateway: from a config file, the quick form (--listen/--to), or with neither the
     /// embedded default (127.0.0.1:8080 -> 127.0.0.1:3000, admin on 127.0.0.1:9901).
     Run(RunArgs),
-    /// Validate a config file and report every error with its line and column.
+    /// Validate config files (every error with its line and column), then probe every upstream
+    /// target: resolves? listening? TLS or plain? health path? (`--offline`: validate only).
     Check(CheckArgs),
+    /// Probe an upstream the way a gateway would and measure it against the configured limits:
+    /// DNS, TCP, TLS, HTTP, health, the real keep-alive idle timeout, latency.
+    Doctor(DoctorArgs),
     /// Run demo upstreams, the gateway in front and client traffic, with a live summary.
     Demo(DemoArgs),
     /// Read nginx, HAProxy, Envoy or gatewise logs and report causes, culprits and fixes.
@@ -60,6 +64,28 @@ pub struct CheckArgs {
     /// Config files to check.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The upstream to probe: `http://host:port/path`, `https://host/path` or `host:port`.
+    pub url: Option<String>,
+    /// Probe every target of this gatewise config against its settings.
+    #[arg(long, short)]
+    pub config: Option<std::path::PathBuf>,
+    /// Read an nginx config (following `include`), probe its upstreams, name its 502 causes.
+    #[arg(long)]
+    pub nginx: Option<std::path::PathBuf>,
+    /// Print the report as JSON (schema in docs/doctor.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Sequential requests for the latency sample.
+    #[arg(long, default_value_t = 20)]
+    pub requests: usize,
+    /// Longest wait for the upstream to close an idle connection (default: the pool's
+    /// idle_timeout + 2s).
+    #[arg(long)]
+    pub idle_wait: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -8,7 +8,8 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Run(args) => gatewise::run::run(&args),
-        Command::Check(args) => gatewise::config::check::check_offline(&args.files),
+        Command::Check(args) => gatewise::config::check::check(&args),
+        Command::Doctor(args) => gatewise::doctor::run(&args),
         Command::Demo(args) => gatewise::demo::run(&args),
         Command::Explain(args) => gatewise::doctor::explain::run(&args),
     }

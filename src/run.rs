@@ -12,7 +12,7 @@ use crate::observe::access_log::AccessLog;
 pub fn config_from_args(args: &RunArgs) -> Result<Config, String> {
     let mut config = match (&args.config, args.listen) {
         (Some(path), _) => config::load(path).map_err(|e| e.to_string())?,
-        (None, Some(listen)) => quick_config(listen, args.to.clone()),
+        (None, Some(listen)) => quick_config(listen, check_quick_targets(&args.to)?),
         (None, None) => embedded_default(),
     };
     if let Some(admin) = &args.admin {
@@ -25,6 +25,28 @@ pub fn config_from_args(args: &RunArgs) -> Result<Config, String> {
         config.workers = args.workers;
     }
     Ok(config)
+}
+
+/// The `--to` values, checked by the same rule as `targets` in a file: a value the file would
+/// refuse (`localhost`, `foo:bar`, `http://127.0.0.1:3001`) is refused here too, every one named,
+/// rather than starting a gateway whose every request fails.
+pub fn check_quick_targets(to: &[String]) -> Result<Vec<String>, String> {
+    let mut errors = Vec::new();
+    let mut targets: Vec<String> = Vec::new();
+    for t in to {
+        if let Err(e) = config::check_target(t) {
+            errors.push(format!("--to {t:?}: {e}"));
+        } else if targets.contains(t) {
+            errors.push(format!("--to {t:?}: duplicate target"));
+        } else {
+            targets.push(t.clone());
+        }
+    }
+    if errors.is_empty() {
+        Ok(targets)
+    } else {
+        Err(errors.join("\ngatewise: "))
+    }
 }
 
 /// The config of `gatewise run` with no arguments: `examples/quick-equivalent.toml`, built in,

@@ -10,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut report = Report::default();
     input::explain_reader(&mut Cursor::new(data), "fuzz", None, &mut report).unwrap();
+    report.join_nginx();
     render::text(&report, &mut std::io::sink()).unwrap();
     render::json(&report, &mut std::io::sink()).unwrap();
 });

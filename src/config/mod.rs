@@ -16,6 +16,7 @@ mod validate_upstream;
 mod values;
 
 pub use validate::{parse, ConfigError, ConfigErrors};
+pub use values::{check_target, parse_duration};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -63,6 +63,13 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 
 /// `host:port` with a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535.
 pub fn check_target(s: &str) -> Result<(), String> {
+    // A URL is the most common slip (`http://127.0.0.1:3001`): say why it is refused.
+    if let Some((scheme, _)) = s.split_once("://") {
+        return Err(format!(
+            "expected HOST:PORT without a scheme, got {s:?} (drop \"{scheme}://\"; a target names \
+             an address, not a URL)"
+        ));
+    }
     let expected =
         || format!("expected HOST:PORT like \"127.0.0.1:3000\" or \"app.internal:80\", got {s:?}");
     let (host, port) = s.rsplit_once(':').ok_or_else(expected)?;
@@ -225,6 +232,10 @@ mod tests {
             "a b:80",
             "[zz]:80",
             "::1:80",
+            "localhost",
+            "foo:bar",
+            "http://127.0.0.1:3001",
+            "127.0.0.1:3001/",
         ] {
             assert!(check_target(bad).is_err(), "{bad}");
         }

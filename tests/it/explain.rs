@@ -92,12 +92,159 @@ fn captured_nginx_access_log_defers_to_the_error_log() {
     let (code, r) = json(&[&fixture("nginx-access.log")]);
     assert_eq!(code, 1);
     assert_eq!(r["files"][0]["format"], "nginx-access");
-    let want = map(&[("unclassified", 13), ("destination_unavailable", 2)]);
+    // `502, 200` on /retried: the failed first attempts never reached the client, and the log
+    // does not say why they failed.
+    let want = map(&[
+        ("unclassified", 11),
+        ("destination_unavailable", 2),
+        ("retried_unnamed", 2),
+    ]);
     assert_eq!(counts(&r, "by_cause", "cause"), want);
-    // `502, 200` on /retried: the failed first attempts never reached the client.
     assert_eq!(r["recovered"], 2);
+    assert_eq!(r["hidden"], 2);
+    assert_eq!(
+        r["files"][0]["view"]["hidden"],
+        serde_json::json!({"retried_unnamed": 2})
+    );
+    // The log has $upstream_addr and $upstream_status: no advice to add them.
     let fix = r["by_cause"][0]["fix"].as_str().unwrap();
     assert!(fix.contains("error log"), "{fix}");
+    assert!(!fix.contains("$upstream_addr"), "{fix}");
+    // What clients saw is the status field of each line, counted once per request.
+    assert_eq!(
+        status_counts(&r["files"][0]["view"]),
+        awk_status_counts(&fixture("nginx-access.log"), 9)
+    );
+}
+
+/// `{status: requests}` of a file's client view.
+fn status_counts(view: &Value) -> BTreeMap<String, u64> {
+    view["failed"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(s, by)| {
+            let n = by
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|n| n.as_u64().unwrap());
+            (s.clone(), n.sum())
+        })
+        .collect()
+}
+
+/// What `awk` counts on the status field (`$field`) for statuses of 500 and more.
+fn awk_status_counts(path: &str, field: usize) -> BTreeMap<String, u64> {
+    let prog = format!("${field} >= 500 {{ n[${field}]++ }} END {{ for (s in n) print s, n[s] }}");
+    let out = Command::new("awk")
+        .arg(prog)
+        .arg(path)
+        .output()
+        .expect("awk");
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let (s, n) = l.split_once(' ').unwrap();
+            (s.to_string(), n.parse().unwrap())
+        })
+        .collect()
+}
+
+/// A real HAProxy log (scripts/capture-haproxy-retries.sh) with redispatched requests that were
+/// served (`+1`), requests that failed after retries and redispatches (`SC`, `+3` and `3`) and
+/// server failures: clients saw what the status field says, once per request; the failed
+/// attempts a retry hid are counted apart and named as what they are.
+#[test]
+fn captured_haproxy_retries_count_what_clients_saw() {
+    let path = fixture("haproxy-retries.log");
+    let (code, r) = json(&[&path]);
+    assert_eq!(code, 1);
+    assert_eq!(r["schema"], "gatewise.explain/2");
+    let view = &r["files"][0]["view"];
+    assert_eq!(view["requests"], 19);
+    assert_eq!(status_counts(view), awk_status_counts(&path, 6));
+    assert_eq!(
+        view["failed"],
+        serde_json::json!({
+            "502": {"connection_terminated": 2},
+            "503": {"connection_refused": 5},
+            "504": {"http_response_timeout": 2},
+        })
+    );
+    assert_eq!(r["client_failed"], 9);
+    // Eight served requests, each after one failed connect the log does not name.
+    assert_eq!(view["hidden"], serde_json::json!({"retried_unnamed": 8}));
+    assert_eq!(r["hidden"], 8);
+    // Attempts: 5 refused requests × (1 + 3 retries), 4 server failures, 8 hidden.
+    assert_eq!(view["attempts"], 5 * 4 + 4 + 8);
+    let (_, text) = explain(&[&path], b"");
+    assert!(
+        text.contains(
+            "9 requests failed for clients (status >= 500), 8 failed attempts hidden by a retry"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("retried_unnamed  8 (8 hidden by a retry)"),
+        "{text}"
+    );
+    assert!(!text.contains("proxy answered 502/504 itself"), "{text}");
+}
+
+/// An nginx error log read with its access log: one failure told by both is counted once, under
+/// the error log's cause; the error log's attempts are never added to the requests clients saw;
+/// a request nginx retried that ended 2xx hides the error log's failure ("hidden by a retry").
+#[test]
+fn nginx_error_and_access_logs_together_are_not_added_up() {
+    let (_, alone) = json(&[&fixture("nginx-access.log")]);
+    let (_, errors) = json(&[&fixture("nginx-error.log")]);
+    // Either order: the join runs once every file is read.
+    let (_, reversed) = json(&[&fixture("nginx-access.log"), &fixture("nginx-error.log")]);
+    let (code, both) = json(&[&fixture("nginx-error.log"), &fixture("nginx-access.log")]);
+    assert_eq!(code, 1);
+    assert_eq!(both["joined"], 15);
+    assert_eq!(reversed["joined"], 15);
+    assert_eq!(
+        counts(&both, "by_cause", "cause"),
+        counts(&errors, "by_cause", "cause"),
+        "every access-log failure has its partner in the error log: counted once"
+    );
+    assert_eq!(both["failures"], errors["failures"]);
+    let view = &both["files"][1]["view"];
+    assert_eq!(view["hidden"], serde_json::json!({"connection_refused": 2}));
+    assert_eq!(
+        view["failed"]["504"],
+        serde_json::json!({"connection_timeout": 1, "http_response_timeout": 1})
+    );
+    assert_eq!(
+        status_counts(view),
+        status_counts(&alone["files"][0]["view"])
+    );
+    let refused = both["by_cause"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["cause"] == "connection_refused")
+        .unwrap();
+    assert_eq!(refused["recovered"], 2, "/retried: 502 then 200");
+    assert_eq!(both["client_failed"], alone["client_failed"]);
+    assert_eq!(both["hidden"], alone["hidden"]);
+    assert_eq!(
+        both["error_log_attempts"],
+        both["files"][0]["view"]["attempts"]
+    );
+    assert_eq!(both["files"][0]["view"]["requests"], 0);
+    let (_, text) = explain(
+        &[&fixture("nginx-error.log"), &fixture("nginx-access.log")],
+        b"",
+    );
+    assert!(
+        text.contains("failed attempts in error logs (counted apart)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -114,7 +261,7 @@ fn captured_haproxy_log() {
         ("http_protocol_error", 2),
         ("http_response_incomplete", 1),
         ("http_response_timeout", 2),
-        ("unclassified", 4),
+        ("retried_unnamed", 4),
     ]);
     assert_eq!(counts(&r, "by_cause", "cause"), want);
     let targets = counts(&r, "by_target", "target");
@@ -197,7 +344,7 @@ fn text_report_names_causes_targets_and_fixes() {
     let (code, out) = explain(&[&fixture("gatewise.log")], b"");
     assert_eq!(code, 1);
     assert!(
-        out.contains("connection_refused  40 (30 retried ok)"),
+        out.contains("connection_refused  40 (30 hidden by a retry)"),
         "{out}"
     );
     assert!(
@@ -274,4 +421,25 @@ fn forced_format_counts_other_lines_as_unknown() {
         (code, r["failures"].as_u64(), r["unknown"].as_u64()),
         (0, Some(0), Some(16))
     );
+}
+
+/// Every top-level key of `--json` is in the documented schema (docs/explain.md), and the
+/// document names the schema version the doc describes.
+#[test]
+fn json_keys_match_the_documented_schema() {
+    let doc =
+        std::fs::read_to_string(format!("{}/docs/explain.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let (_, r) = json(&[&fixture("haproxy-retries.log")]);
+    let schema = r["schema"].as_str().unwrap();
+    assert!(doc.contains(&format!("version `{schema}`")), "{schema}");
+    let section = &doc[doc.find("### JSON schema").unwrap()..];
+    for key in r.as_object().unwrap().keys() {
+        assert!(section.contains(&format!("`{key}")), "{key} not documented");
+    }
+    for key in r["files"][0]["view"].as_object().unwrap().keys() {
+        assert!(
+            section.contains(&format!("`{key}`")),
+            "view.{key} not documented"
+        );
+    }
 }

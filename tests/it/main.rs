@@ -6,6 +6,8 @@ mod admin;
 mod chaos;
 mod config;
 mod demo;
+mod doctor;
+mod doctor_nginx;
 mod drain;
 mod explain;
 mod failover;

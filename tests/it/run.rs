@@ -294,3 +294,26 @@ async fn one_shot(addr: std::net::SocketAddr) -> std::io::Result<String> {
     let text = String::from_utf8_lossy(&out).to_string();
     Ok(text.lines().next().unwrap_or("").to_string())
 }
+
+/// `run --to localhost` (and other values a file refuses) used to start with a warning and then
+/// fail every request; now it is refused before anything binds, with the file's message.
+#[test]
+fn quick_form_refuses_targets_a_file_refuses() {
+    for (bad, says) in [
+        ("localhost", "expected HOST:PORT"),
+        ("foo:bar", "expected HOST:PORT"),
+        ("http://127.0.0.1:3001", "drop \"http://\""),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gatewise"))
+            .args(["run", "--listen", "127.0.0.1:0", "--admin", "off"])
+            .args(["--to", "127.0.0.1:3000", "--to", bad])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gatewise");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(stderr.contains(&format!("--to {bad:?}")), "{bad}: {stderr}");
+        assert!(stderr.contains(says), "{bad}: {stderr}");
+        assert!(!stderr.contains("listening"), "{bad}: it started: {stderr}");
+    }
+}

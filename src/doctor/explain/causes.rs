@@ -114,6 +114,25 @@ pub fn advice(cause: Option<Cause>) -> Advice {
     }
 }
 
+/// Advice for `unclassified` when the access log already carries `$upstream_addr` and
+/// `$upstream_status` (it must not ask for what is there).
+pub fn advice_unclassified_with_upstream_fields() -> Advice {
+    a(
+        "the upstream attempt ended in 502/504 (nginx logs its own connect/read failures that way too), but this log does not say why",
+        "the proxy's error log for the same minutes (nginx: error.log), and the upstream named in $upstream_addr",
+        "run `gatewise explain` on the error log together with this access log",
+    )
+}
+
+/// Advice for an attempt a retry hid whose failure the log does not name.
+pub fn advice_retried_unnamed() -> Advice {
+    a(
+        "an attempt failed and a retry (or redispatch to another server) answered the client; the log counts the retry but does not say why the attempt failed",
+        "HAProxy: the retry count (the last of the five connection counters, `+` = redispatched), `retries` and `option redispatch`, the servers' health checks; nginx: `$upstream_status` lists each attempt, the error log says why",
+        "nothing reached the client; if these are frequent, find the failing server (health checks, error log) before the retries run out",
+    )
+}
+
 /// The name a cause has in the report; `unclassified` for a proxy-made 5xx of unknown reason.
 pub fn name(cause: Option<Cause>) -> &'static str {
     cause.map_or("unclassified", Cause::as_str)

@@ -15,7 +15,12 @@ pub fn detect<'a>(lines: impl Iterator<Item = &'a str> + Clone) -> Option<Format
         let hits = lines
             .clone()
             .filter(|l| !l.is_empty())
-            .filter(|l| matches!(format.parse(l, &mut |_| {}), Line::Understood(_)))
+            .filter(|l| {
+                matches!(
+                    format.parse(l, &mut |_| {}),
+                    Line::Understood(_) | Line::Request(..)
+                )
+            })
             .count();
         if hits > 0 && best.map_or(true, |(_, b)| hits > b) {
             best = Some((format, hits));
@@ -29,7 +34,12 @@ pub fn fallback(line: &str, tried: Option<Format>) -> Option<Format> {
     Format::ALL
         .into_iter()
         .filter(|f| Some(*f) != tried)
-        .find(|f| matches!(f.parse(line, &mut |_| {}), Line::Understood(_)))
+        .find(|f| {
+            matches!(
+                f.parse(line, &mut |_| {}),
+                Line::Understood(_) | Line::Request(..)
+            )
+        })
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
         return Line::Unknown;
     }
     let Some((flag, cause)) = deciding_flag(flags) else {
-        return Line::Understood(Some(minute));
+        return Line::Request(Some(minute), status);
     };
     // The fifth quoted field after the request is %UPSTREAM_HOST%.
     let upstream = rest.split('"').skip(1).step_by(2).nth(4);
@@ -71,7 +71,7 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
         request: Some(request),
         recovered: false,
     });
-    Line::Understood(Some(minute))
+    Line::Request(Some(minute), status)
 }
 
 #[cfg(test)]
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn successes_and_client_flags_carry_no_failure() {
         let ok = r#"[2026-11-21T12:00:00.123Z] "GET /x HTTP/1.1" 200 - 0 91 3 2 "-" "curl/8.5" "7b1c" "app.local" "10.0.0.1:8080""#;
-        assert!(matches!(run(ok), (Line::Understood(Some(_)), ref v) if v.is_empty()));
+        assert!(matches!(run(ok), (Line::Request(Some(_), _), ref v) if v.is_empty()));
         let dc = r#"[2026-11-21T12:00:00.123Z] "GET /x HTTP/1.1" 0 DC 0 0 3 - "-" "curl/8.5" "7b1c" "app.local" "10.0.0.1:8080""#;
         assert!(run(dc).1.is_empty());
         assert_eq!(run("[2026-11-21T12:00:00.123Z] nope").0, Line::Unknown);

@@ -86,7 +86,7 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
             recovered: false,
         });
     }
-    Line::Understood(Some(minute))
+    Line::Request(Some(minute), entry.status)
 }
 
 #[cfg(test)]

@@ -141,7 +141,10 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
             }
         }
     }
-    Line::Understood(minute)
+    match http_status {
+        Some(status) => Line::Request(minute, status),
+        None => Line::Understood(minute),
+    }
 }
 
 #[cfg(test)]
@@ -163,7 +166,7 @@ mod tests {
         // sC after 3 retries: four connection attempts timed out.
         let l = "Nov 21 12:00:01 lb haproxy[12]: 10.0.0.9:5123 [21/Nov/2026:12:00:01.002] web~ app/s1 0/0/-1/-1/1002 503 217 - - sC-- 1/1/0/0/3 0/0 \"GET /x HTTP/1.1\"";
         let (line, got) = run(l);
-        assert!(matches!(line, Line::Understood(Some(_))));
+        assert!(matches!(line, Line::Request(Some(_), 503)));
         assert_eq!(
             got,
             vec![(Some(Cause::ConnectionTimeout), Some("app/s1".into()), false); 4]

@@ -92,6 +92,7 @@ fn one_line(report: &mut Report, format: Option<Format>, auto: bool, number: u64
     if line.trim().is_empty() {
         return;
     }
+    report.line_format = format;
     let mut parsed = match format {
         Some(f) => f.parse(&line, &mut |fail| report.failure(&fail)),
         None => Line::Unknown,
@@ -99,6 +100,7 @@ fn one_line(report: &mut Report, format: Option<Format>, auto: bool, number: u64
     // Logs sometimes interleave formats (one syslog file for nginx and HAProxy).
     if parsed == Line::Unknown && auto {
         if let Some(other) = detect::fallback(&line, format) {
+            report.line_format = Some(other);
             parsed = other.parse(&line, &mut |fail| report.failure(&fail));
         }
     }

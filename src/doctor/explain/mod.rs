@@ -13,6 +13,7 @@ pub mod envoy;
 pub mod gatewise_log;
 pub mod haproxy;
 pub mod input;
+mod join;
 pub mod nginx_access;
 pub mod nginx_error;
 pub mod render;
@@ -20,6 +21,7 @@ pub mod report;
 #[cfg(test)]
 mod robustness;
 mod time;
+mod view;
 
 use std::process::ExitCode;
 
@@ -65,6 +67,9 @@ pub struct Failure<'a> {
 pub enum Line {
     /// The line has this format; its failures (if any) went to the sink.
     Understood(Option<Minute>),
+    /// The line is one client request (an access-log line) that ended with `status`; its failed
+    /// attempts (if any) went to the sink first. What clients saw is counted from these.
+    Request(Option<Minute>, u16),
     /// Not this format, or a message of it we cannot classify.
     Unknown,
 }
@@ -146,6 +151,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         );
         io_error = true;
     }
+    report.join_nginx();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let written = if args.json {

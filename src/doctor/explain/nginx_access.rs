@@ -129,7 +129,7 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
                 recovered,
             });
         }
-        return Line::Understood(Some(minute));
+        return Line::Request(Some(minute), status);
     };
     for (addr, up) in addrs.iter().zip(&statuses) {
         let target = (*addr != "-").then_some(*addr);
@@ -151,7 +151,7 @@ pub fn parse<'a>(line: &'a str, sink: &mut dyn FnMut(Failure<'a>)) -> Line {
             recovered,
         });
     }
-    Line::Understood(Some(minute))
+    Line::Request(Some(minute), status)
 }
 
 #[cfg(test)]

@@ -9,8 +9,14 @@ use std::io::{self, Write};
 
 use serde_json::{json, Map, Value};
 
+use crate::cause::Cause;
+
 use super::causes::{self, advice};
-use super::report::{CauseKey, Report};
+use super::report::{CauseKey, CauseTally, FileView, Report, RETRIED_UNNAMED};
+
+/// Version of the `--json` document (docs/explain.md, "JSON schema"); bumped on any change that
+/// can break a reader.
+pub const SCHEMA: &str = "gatewise.explain/2";
 
 /// Timeline rows printed in text; the busiest are kept, JSON has all.
 const TIMELINE_ROWS: usize = 40;
@@ -24,9 +30,74 @@ fn cause_counts(m: &BTreeMap<CauseKey, u64>) -> Vec<(CauseKey, u64)> {
     v
 }
 
-fn list(v: &[(CauseKey, u64)]) -> String {
-    v.iter()
+/// `cause n, cause n`; `unnamed` is the part of a count no cause holds (hidden retries).
+fn list(v: &[(CauseKey, u64)], unnamed: u64) -> String {
+    let mut parts: Vec<String> = v
+        .iter()
         .map(|(c, n)| format!("{} {n}", causes::name(*c)))
+        .collect();
+    if unnamed > 0 {
+        parts.push(format!("{RETRIED_UNNAMED} {unnamed}"));
+    }
+    parts.join(", ")
+}
+
+fn unnamed(count: u64, causes: &BTreeMap<CauseKey, u64>) -> u64 {
+    count.saturating_sub(causes.values().sum())
+}
+
+/// The advice shown for a tally: `unclassified` does not ask for log fields the log has.
+fn advice_for(r: &Report, cause: CauseKey, t: &CauseTally) -> causes::Advice {
+    // One line with `$upstream_status` shows the format has it (a line nginx answered without
+    // an upstream, like a failed resolve, logs `-` there).
+    let has_upstream_fields =
+        r.upstream_fields_seen || t.codes.keys().any(|c| c.starts_with("upstream_status"));
+    if cause.is_none() && has_upstream_fields {
+        causes::advice_unclassified_with_upstream_fields()
+    } else {
+        advice(cause)
+    }
+}
+
+/// By cause, largest first, then the hidden attempts no cause names: (name, tally, advice).
+fn cause_rows(r: &Report) -> Vec<(&'static str, &CauseTally, causes::Advice)> {
+    let mut rows: Vec<_> = r
+        .causes_ranked()
+        .into_iter()
+        .map(|(c, t)| (causes::name(c), t, advice_for(r, c, t)))
+        .collect();
+    if r.retried_unnamed.count > 0 {
+        let a = causes::advice_retried_unnamed();
+        rows.push((RETRIED_UNNAMED, &r.retried_unnamed, a));
+    }
+    rows
+}
+
+/// The fix of an episode; one made only of unnamed hidden retries has no cause of its own.
+fn episode_fix(e: &super::report::Episode) -> &'static str {
+    if e.cause.is_none() && e.cause_share == 0.0 {
+        causes::advice_retried_unnamed().fix
+    } else {
+        advice(e.cause).fix
+    }
+}
+
+/// `503 ×3 (connection_refused 2, upstream_response 1)`, statuses in order.
+fn statuses(v: &FileView) -> String {
+    v.failed
+        .iter()
+        .map(|(status, by)| {
+            let n: u64 = by.values().sum();
+            let why: Vec<String> = by.iter().map(|(l, n)| format!("{l} {n}")).collect();
+            format!("{status} ×{n} ({})", why.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn labelled(m: &BTreeMap<&'static str, u64>) -> String {
+    m.iter()
+        .map(|(l, n)| format!("{l} {n}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -39,13 +110,27 @@ fn codes_ranked(m: &HashMap<String, u64>) -> Vec<(&str, u64)> {
 
 /// The human report.
 pub fn text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
-    let recovered: u64 = r.by_cause.values().map(|t| t.recovered).sum();
+    let in_error_logs = r.error_log_attempts();
+    let mut apart = if in_error_logs > 0 {
+        format!(", {in_error_logs} failed attempts in error logs (counted apart)")
+    } else {
+        String::new()
+    };
+    if r.join.joined > 0 {
+        apart.push_str(&format!(
+            ", {} failures told by both an nginx error log and its access log counted once",
+            r.join.joined
+        ));
+    }
     writeln!(
         out,
-        "gatewise explain: {} file(s), {} lines, {} upstream failures ({} hidden from clients by retries), {} lines not understood",
-        r.files.len(), r.lines(), r.failures(), recovered, r.unknown()
+        "gatewise explain: {} file(s), {} lines: {} requests failed for clients (status >= 500), {} failed attempts hidden by a retry{apart}, {} lines not understood",
+        r.files.len(), r.lines(), r.client_failures(), r.hidden_attempts(), r.unknown()
     )?;
-    writeln!(out, "\nFiles")?;
+    writeln!(
+        out,
+        "\nFiles (each file's own view; files are never added together)"
+    )?;
     for f in &r.files {
         let format = f.format.map_or("unrecognised", |f| f.as_str());
         writeln!(
@@ -53,19 +138,40 @@ pub fn text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             "  {}  {format}  {} lines, {} not understood",
             f.path, f.lines, f.unknown
         )?;
+        let v = &f.view;
+        if v.requests > 0 {
+            writeln!(
+                out,
+                "    clients: {} requests, {} failed{}{}",
+                v.requests,
+                v.failed_requests(),
+                if v.failed.is_empty() { "" } else { ": " },
+                statuses(v)
+            )?;
+            writeln!(
+                out,
+                "    hidden by a retry: {} failed attempts{}{}",
+                v.hidden_attempts(),
+                if v.hidden.is_empty() { "" } else { ": " },
+                labelled(&v.hidden)
+            )?;
+        } else if v.attempts > 0 {
+            writeln!(
+                out,
+                "    {} failed attempts; an error log does not say which ones a retry hid (read the access log's view)",
+                v.attempts
+            )?;
+        }
     }
     if r.failures() == 0 {
         writeln!(out, "\nNo upstream failures found.")?;
     } else {
-        writeln!(out, "\nBy cause")?;
-        for (cause, t) in r.causes_ranked() {
-            let a = advice(cause);
+        writeln!(out, "\nBy cause (failed attempts)")?;
+        for (name, t, a) in cause_rows(r) {
             writeln!(
                 out,
-                "  {}  {} ({} retried ok)",
-                causes::name(cause),
-                t.count,
-                t.recovered
+                "  {name}  {} ({} hidden by a retry)",
+                t.count, t.recovered
             )?;
             writeln!(out, "    means: {}", a.meaning)?;
             writeln!(out, "    check: {}", a.check)?;
@@ -85,7 +191,7 @@ pub fn text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
                 out,
                 "  {target}  {}  {}",
                 t.count,
-                list(&cause_counts(&t.causes))
+                list(&cause_counts(&t.causes), unnamed(t.count, &t.causes))
             )?;
         }
         timeline(r, out)?;
@@ -120,7 +226,7 @@ pub fn text(r: &Report, out: &mut dyn Write) -> io::Result<()> {
                     .unwrap_or_default()
             )?;
             writeln!(out, "     likely: {}", e.diagnosis)?;
-            writeln!(out, "     fix:    {}", advice(e.cause).fix)?;
+            writeln!(out, "     fix:    {}", episode_fix(e))?;
         }
         if r.undated > 0 {
             writeln!(
@@ -177,35 +283,54 @@ fn timeline(r: &Report, out: &mut dyn Write) -> io::Result<()> {
             minute.as_str(),
             m.count,
             "#".repeat(len),
-            list(&cause_counts(&m.causes))
+            list(&cause_counts(&m.causes), unnamed(m.count, &m.causes))
         )?;
     }
     Ok(())
 }
 
-fn counts_obj(v: &[(CauseKey, u64)]) -> Value {
-    let m: Map<String, Value> = v
+fn counts_obj(v: &[(CauseKey, u64)], unnamed: u64) -> Value {
+    let mut m: Map<String, Value> = v
         .iter()
         .map(|(c, n)| (causes::name(*c).to_string(), json!(n)))
         .collect();
+    if unnamed > 0 {
+        m.insert(RETRIED_UNNAMED.to_string(), json!(unnamed));
+    }
     Value::Object(m)
+}
+
+fn labelled_obj(m: &BTreeMap<&'static str, u64>) -> Value {
+    Value::Object(m.iter().map(|(l, n)| (l.to_string(), json!(n))).collect())
+}
+
+fn view_json(v: &FileView) -> Value {
+    let failed: Map<String, Value> = v
+        .failed
+        .iter()
+        .map(|(s, by)| (s.to_string(), labelled_obj(by)))
+        .collect();
+    json!({
+        "requests": v.requests, "failed_requests": v.failed_requests(), "failed": failed,
+        "hidden_attempts": v.hidden_attempts(), "hidden": labelled_obj(&v.hidden),
+        "attempts": v.attempts,
+    })
 }
 
 /// The whole report as one JSON document.
 pub fn to_json(r: &Report) -> Value {
     let bursts = r.bursts();
-    let by_cause: Vec<Value> = r
-        .causes_ranked()
+    let by_cause: Vec<Value> = cause_rows(r)
         .into_iter()
-        .map(|(c, t)| {
-            let a = advice(c);
+        .map(|(name, t, a)| {
+            let status = Cause::from_token(name).map(|c| c.status().as_u16());
             let codes: Map<String, Value> = codes_ranked(&t.codes)
                 .into_iter()
                 .map(|(k, n)| (k.to_string(), json!(n)))
                 .collect();
             json!({
-                "cause": causes::name(c), "count": t.count, "recovered": t.recovered,
-                "gatewise_status": c.map(|c| c.status().as_u16()),
+                "cause": name, "count": t.count, "recovered": t.recovered,
+                "gatewise_status": status,
                 "codes": codes, "requests": t.requests,
                 "meaning": a.meaning, "check": a.check, "fix": a.fix,
             })
@@ -214,12 +339,12 @@ pub fn to_json(r: &Report) -> Value {
     let by_target: Vec<Value> = r
         .targets_ranked()
         .into_iter()
-        .map(|(k, t)| json!({"target": k, "count": t.count, "recovered": t.recovered, "causes": counts_obj(&cause_counts(&t.causes))}))
+        .map(|(k, t)| json!({"target": k, "count": t.count, "recovered": t.recovered, "causes": counts_obj(&cause_counts(&t.causes), unnamed(t.count, &t.causes))}))
         .collect();
     let timeline: Vec<Value> = r
         .timeline
         .iter()
-        .map(|(m, t)| json!({"minute": m.as_str(), "count": t.count, "burst": bursts.contains(m), "causes": counts_obj(&cause_counts(&t.causes))}))
+        .map(|(m, t)| json!({"minute": m.as_str(), "count": t.count, "burst": bursts.contains(m), "causes": counts_obj(&cause_counts(&t.causes), unnamed(t.count, &t.causes))}))
         .collect();
     let episodes: Vec<Value> = r
         .episodes()
@@ -228,18 +353,21 @@ pub fn to_json(r: &Report) -> Value {
             json!({
                 "start": e.start.as_str(), "end": e.end.as_str(), "count": e.count,
                 "cause": causes::name(e.cause), "cause_share": e.cause_share, "target": e.target,
-                "diagnosis": e.diagnosis, "fix": advice(e.cause).fix,
+                "diagnosis": e.diagnosis, "fix": episode_fix(e),
             })
         })
         .collect();
     let files: Vec<Value> = r
         .files
         .iter()
-        .map(|f| json!({"path": f.path, "format": f.format.map(|f| f.as_str()), "lines": f.lines, "unknown": f.unknown}))
+        .map(|f| json!({"path": f.path, "format": f.format.map(|f| f.as_str()), "lines": f.lines, "unknown": f.unknown, "view": view_json(&f.view)}))
         .collect();
     json!({
+        "schema": SCHEMA,
+        "client_failed": r.client_failures(), "hidden": r.hidden_attempts(),
+        "error_log_attempts": r.error_log_attempts(), "joined": r.join.joined,
         "files": files, "lines": r.lines(), "failures": r.failures(),
-        "recovered": r.by_cause.values().map(|t| t.recovered).sum::<u64>(),
+        "recovered": r.by_cause.values().map(|t| t.recovered).sum::<u64>() + r.retried_unnamed.recovered,
         "unknown": r.unknown(), "unknown_samples": r.unknown_samples, "undated": r.undated,
         "by_cause": by_cause, "by_target": by_target, "timeline": timeline, "episodes": episodes,
     })

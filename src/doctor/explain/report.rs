@@ -6,6 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use super::view::client_label;
+pub use super::view::{cause_label, FileView, RETRIED_UNNAMED, UPSTREAM_5XX};
 use super::{causes, Failure, Format, Line, Minute};
 use crate::cause::Cause;
 
@@ -24,6 +26,9 @@ pub struct FileStats {
     pub format: Option<Format>,
     pub lines: u64,
     pub unknown: u64,
+    /// This file's own view; files are never added together (an nginx error log and its access
+    /// log tell the same failure twice).
+    pub view: FileView,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -69,6 +74,18 @@ pub struct Report {
     pub by_target: HashMap<String, TargetTally>,
     pub timeline: BTreeMap<Minute, MinuteTally>,
     pub undated: u64,
+    /// Attempts a retry hid whose failure the log does not name; kept apart from `unclassified`
+    /// (a proxy-made 5xx a client saw), which they are not.
+    pub retried_unnamed: CauseTally,
+    /// The last client-visible failure of the line being parsed (its cause is the response's).
+    last_failure: Option<CauseKey>,
+    /// An nginx access log with `$upstream_addr`/`$upstream_status` was read (no advice to add
+    /// them, even when the failures that showed it were joined with the error log's).
+    pub upstream_fields_seen: bool,
+    /// The format of the line being parsed (a file may interleave formats).
+    pub line_format: Option<Format>,
+    /// nginx failures told by both the error log and the access log, counted once.
+    pub join: super::join::NginxJoin,
 }
 
 impl Report {
@@ -87,6 +104,23 @@ impl Report {
             return;
         };
         file.lines += 1;
+        let mut labelled = None;
+        if let Line::Request(_, status) = parsed {
+            file.view.requests += 1;
+            if status >= 500 {
+                labelled = self.last_failure.map(|_| status);
+                let label = client_label(self.last_failure);
+                *file
+                    .view
+                    .failed
+                    .entry(status)
+                    .or_default()
+                    .entry(label)
+                    .or_default() += 1;
+            }
+        }
+        self.last_failure = None;
+        self.join.end_line(labelled);
         if parsed == Line::Unknown {
             file.unknown += 1;
             if self.unknown_samples.len() < UNKNOWN_SAMPLES {
@@ -99,7 +133,31 @@ impl Report {
 
     /// Adds one failure.
     pub fn failure(&mut self, f: &Failure<'_>) {
-        let tally = self.by_cause.entry(f.cause).or_default();
+        let current = self.files.len().saturating_sub(1);
+        if self.line_format == Some(Format::NginxAccess) && f.target.is_some() {
+            self.upstream_fields_seen = true;
+        }
+        self.join.failure(self.line_format, current, f);
+        if let Some(file) = self.files.last_mut() {
+            file.view.attempts += 1;
+            if f.recovered {
+                *file
+                    .view
+                    .hidden
+                    .entry(cause_label(f.cause, true))
+                    .or_default() += 1;
+            } else {
+                self.last_failure = Some(f.cause);
+            }
+        }
+        // Only named (or client-visible) failures go under a cause; by target and by minute the
+        // rest is `count` minus the causes' sum.
+        let unnamed = f.cause.is_none() && f.recovered;
+        let tally = if unnamed {
+            &mut self.retried_unnamed
+        } else {
+            self.by_cause.entry(f.cause).or_default()
+        };
         tally.count += 1;
         tally.recovered += u64::from(f.recovered);
         bump(&mut tally.codes, f.code);
@@ -115,20 +173,46 @@ impl Report {
         };
         t.count += 1;
         t.recovered += u64::from(f.recovered);
-        *t.causes.entry(f.cause).or_default() += 1;
+        if !unnamed {
+            *t.causes.entry(f.cause).or_default() += 1;
+        }
         match f.minute {
             Some(m) => {
                 let slot = self.timeline.entry(m).or_default();
                 slot.count += 1;
-                *slot.causes.entry(f.cause).or_default() += 1;
+                if !unnamed {
+                    *slot.causes.entry(f.cause).or_default() += 1;
+                }
                 bump(&mut slot.targets, target);
             }
             None => self.undated += 1,
         }
     }
 
+    /// Failed attempts, every file together (an attempt in an error log and the same one in its
+    /// access log count twice here: the per-file [`FileView`]s are the honest counts).
     pub fn failures(&self) -> u64 {
-        self.by_cause.values().map(|t| t.count).sum()
+        self.by_cause.values().map(|t| t.count).sum::<u64>() + self.retried_unnamed.count
+    }
+
+    /// Requests that failed for clients, from the access-type files (one line per request). An
+    /// error log has no client view: its attempts are reported apart, never added to these.
+    pub fn client_failures(&self) -> u64 {
+        self.files.iter().map(|f| f.view.failed_requests()).sum()
+    }
+
+    /// Failed attempts a retry hid from clients, from the access-type files.
+    pub fn hidden_attempts(&self) -> u64 {
+        self.files.iter().map(|f| f.view.hidden_attempts()).sum()
+    }
+
+    /// Failed attempts in files without a client view (nginx error logs).
+    pub fn error_log_attempts(&self) -> u64 {
+        self.files
+            .iter()
+            .filter(|f| f.view.requests == 0)
+            .map(|f| f.view.attempts)
+            .sum()
     }
 
     pub fn lines(&self) -> u64 {
@@ -214,6 +298,19 @@ fn episode(run: &[(&Minute, &MinuteTally)]) -> Episode {
         for (target, n) in &t.targets {
             *targets.entry(target).or_default() += n;
         }
+    }
+    if causes.is_empty() {
+        // Only attempts a retry hid, none of them named by the log.
+        let (start, end) = (*run[0].0, *run[run.len() - 1].0);
+        return Episode {
+            start,
+            end,
+            count,
+            cause: None,
+            cause_share: 0.0,
+            target: None,
+            diagnosis: format!("{count} attempt(s) failed and were retried with success; the log does not say why they failed"),
+        };
     }
     let (cause, cn) = causes
         .iter()

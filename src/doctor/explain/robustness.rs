@@ -119,6 +119,12 @@ fn parsers_survive_mutated_and_random_lines() {
     // Random bytes include newlines, so count lines the way the reader splits them.
     let lines = text.split('\n').filter(|l| !l.trim().is_empty()).count();
     assert_eq!(report.lines(), lines as u64);
+    let before = report.failures();
+    report.join_nginx();
+    assert!(
+        report.failures() <= before,
+        "a join only ever removes a double count"
+    );
     render::text(&report, &mut Vec::new()).unwrap();
     render::json(&report, &mut Vec::new()).unwrap();
 }
