@@ -10,7 +10,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::attempt::{self, Progress};
+use super::attempt;
 use super::headers;
 use super::outcome::{Finish, RequestLog};
 use super::relay::{BodyEnd, ClientBody, Relay};
@@ -19,7 +19,7 @@ use super::response::{error_response, received_status, PROXY_STATUS};
 use super::retry;
 use crate::cause::Cause;
 use crate::config::RouteConfig;
-use crate::observe::access_log::{AccessLog, Attempt};
+use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::RouteMetrics;
 use crate::routing::RouteTable;
 use crate::upstream::balancer::Tried;
@@ -135,52 +135,23 @@ async fn forward(
             }
         }
 
-        let started = Instant::now();
         let per_try = route
             .config
             .per_try_timeout
-            .min(deadline.saturating_duration_since(started));
-        let mut progress = Progress::default();
-        let sent = tokio::time::timeout(per_try, attempt::send(&target, req, &mut progress)).await;
-        let result = match sent {
-            Ok(Ok(ok)) => Ok(ok),
-            Ok(Err((err, back))) => {
-                unsent = back;
-                Err(err)
-            }
-            Err(_) => {
-                let detail = format!("{} after {}ms", target.addr, per_try.as_millis());
-                Err(progress.timeout_error(detail))
-            }
-        };
-        let status = result.as_ref().ok().map(|(resp, _)| resp.status());
-        upstream.observe(&target, result.as_ref().err(), status);
-        log.attempts.push(Attempt {
-            target: target.addr.clone(),
-            cause: result.as_ref().err().map(|e| e.cause),
-            status: status.map(|s| s.as_u16()),
-            request_sent: result.as_ref().map_or_else(|e| e.request_sent, |_| true),
-            reused: progress.reused,
-            duration_ms: started.elapsed(),
-        });
-        let cause = result.as_ref().err().map(|e| e.cause);
-        route.metrics.attempt(target.index, status, cause);
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let (outcome, back) = attempt::run(target, req, per_try).await;
+        unsent = back;
+        outcome.report(upstream, &route.metrics);
+        log.attempts.push(outcome.log_entry());
 
-        // A response that is not a retryable status goes straight back to the client; a failure
-        // or a retryable status asks the retry rule.
-        let retryable_status = matches!(&result, Ok((resp, _))
-            if route.config.retry_on_status.contains(&resp.status().as_u16()));
-        let retry_in = if result.is_err() || retryable_status {
+        let retry_in = if outcome.asks_retry(&route.config.retry_on_status) {
             let now = Instant::now();
             let input = retry::RetryInput {
                 method: &head.method,
                 has_idempotency_key: idempotency_key,
                 route_allows_non_idempotent: route.config.retry_non_idempotent,
                 body_replayable: body.replayable() || unsent.is_some(),
-                outcome: match &result {
-                    Ok((resp, _)) => retry::Outcome::Status(resp.status()),
-                    Err(e) => retry::Outcome::Failed(e),
-                },
+                outcome: outcome.retry_outcome(),
                 retry_on_status: &route.config.retry_on_status,
                 attempts_made: log.attempts.len() as u32,
                 max_retries: route.config.retries,
@@ -192,7 +163,8 @@ async fn forward(
             None
         };
 
-        match (result, retry_in) {
+        let target = outcome.target;
+        match (outcome.result, retry_in) {
             (Ok((resp, conn)), None) => {
                 log.target = Some(target.addr.clone());
                 let upload_streamed = !body.replayable();
