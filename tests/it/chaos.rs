@@ -317,6 +317,44 @@ async fn status_retry_moves_idempotent_requests_only() {
 }
 
 #[tokio::test]
+async fn keyed_post_answered_503_by_a_target_not_ready_is_served_by_another() {
+    let not_ready = upstream::serve(|_| {
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"not ready",
+        )));
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let good = upstream::echo().await;
+    let cfg = support::config(&[not_ready.addr, good.addr]);
+    let gw = support::start(cfg).await;
+    let c = client();
+    // Until the not-ready target has answered some of them (round robin starts anywhere).
+    let mut sent = 0;
+    while not_ready.stats.requests() < 2 {
+        sent += 1;
+        assert!(sent <= 10, "the not-ready target was never tried");
+        let body = format!("order-{sent}");
+        let req = http::Request::post(gw.url("/"))
+            .header("idempotency-key", format!("key-{sent}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let (parts, got) = send(&c, req).await;
+        assert_eq!(parts.status, 200, "keyed POST {sent}");
+        assert_eq!(got, body.as_bytes());
+        let line = gw.next_log();
+        let attempts = line["attempts"].as_array().unwrap();
+        if attempts.len() == 2 {
+            assert_eq!(attempts[0]["status"], 503);
+            assert_eq!(attempts[1]["status"], 200);
+        }
+    }
+    // Every keyed POST reached the good target exactly once.
+    assert_eq!(good.stats.requests(), sent);
+}
+
+#[tokio::test]
 async fn connect_timeout_is_504_connection_timeout() {
     // A listener whose accept queue is full and never drained: new SYNs go unanswered, which is
     // what a firewall that drops packets looks like (field guide row 12).
