@@ -78,6 +78,7 @@ pub struct RawUpstream {
     pub protocol: Option<Str>,
     pub connect_timeout: Option<Str>,
     pub idle_timeout: Option<Str>,
+    pub learn_idle_timeout: Option<bool>,
     pub max_idle_per_target: Option<usize>,
     pub max_connections: Option<Spanned<u32>>,
     pub queue_size: Option<usize>,

@@ -126,6 +126,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Pooled connection idle limit (shortened by the upstream's `Keep-Alive: timeout=`).
     pub idle_timeout: Duration,
+    /// Learn, per target, the idle age at which the upstream closes pooled connections, and keep
+    /// the idle limit below it.
+    pub learn_idle_timeout: bool,
     /// Idle pooled connections kept per target.
     pub max_idle_per_target: usize,
     /// Concurrent requests per target; `None` means unlimited.
@@ -195,6 +198,7 @@ pub mod defaults {
     pub const RETRY_BUDGET_PER_SECOND: u32 = 10;
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+    pub const LEARN_IDLE_TIMEOUT: bool = true;
     pub const MAX_IDLE_PER_TARGET: usize = 256;
     pub const QUEUE_SIZE: usize = 1024;
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -258,6 +262,7 @@ impl UpstreamConfig {
             balance: Balance::RoundRobin,
             connect_timeout: defaults::CONNECT_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,
+            learn_idle_timeout: defaults::LEARN_IDLE_TIMEOUT,
             max_idle_per_target: defaults::MAX_IDLE_PER_TARGET,
             max_connections: None,
             queue_size: defaults::QUEUE_SIZE,

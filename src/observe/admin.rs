@@ -51,11 +51,18 @@ fn status_json(shared: &Shared) -> String {
                             "change": what,
                         })
                     });
+                    let limits = t.pool.idle_limits();
+                    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
                     serde_json::json!({
                         "target": &*t.addr,
                         "state": t.state().as_str(),
                         "in_flight": t.in_flight(),
                         "idle_connections": t.pool.idle_count(),
+                        "idle_limit_ms": {
+                            "configured": ms(Some(limits.configured)),
+                            "announced": ms(limits.announced),
+                            "learned": ms(limits.learned),
+                        },
                         "last_change": last,
                     })
                 })

@@ -19,7 +19,7 @@ use crate::cause::{Cause, Phase, UpstreamError};
 use crate::observe::access_log::Attempt;
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::io::{IoSnapshot, IoStats};
-use crate::upstream::pool::Conn;
+use crate::upstream::pool::{Conn, Reuse};
 use crate::upstream::{Target, Upstream};
 
 /// How one attempt ended, built once by [`run`].
@@ -161,8 +161,14 @@ pub async fn send(
     mut req: Request<UpstreamBody>,
     progress: &mut Progress,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
+    // A request that may not be resent keeps off connections near their idle limit.
+    let reuse = if retry::is_idempotent(req.method()) || retry::has_idempotency_key(req.headers()) {
+        Reuse::Any
+    } else {
+        Reuse::Fresh
+    };
     loop {
-        let mut conn = match target.pool.take_idle() {
+        let mut conn = match target.pool.take_idle(reuse) {
             Some(conn) => conn,
             None => match target.pool.connect().await {
                 Ok(conn) => conn,

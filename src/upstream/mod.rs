@@ -8,6 +8,7 @@
 
 pub mod balancer;
 pub mod health;
+mod idle_learn;
 pub mod io;
 pub mod pool;
 mod target;
@@ -63,6 +64,7 @@ impl Upstream {
             idle_timeout: config.idle_timeout,
             max_idle: config.max_idle_per_target,
             max_response_header_bytes: config.max_response_header_bytes,
+            learn_idle_timeout: config.learn_idle_timeout,
         };
         let changed = Arc::new(Notify::new());
         let policy = Policy::from_upstream(&config);

@@ -9,6 +9,7 @@ mod drain;
 mod explain;
 mod failover;
 mod health;
+mod idle;
 mod metrics;
 mod proxy;
 mod run;
