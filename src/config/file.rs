@@ -94,6 +94,7 @@ pub struct RawUpstream {
 pub enum RawBalance {
     RoundRobin,
     LeastRequest,
+    PeakEwma,
 }
 
 #[derive(Debug, Deserialize)]

@@ -116,6 +116,8 @@ impl std::fmt::Display for HostPattern {
 pub enum Balance {
     RoundRobin,
     LeastRequest,
+    /// Power of two choices by decaying latency × requests in flight (`upstream::latency`).
+    PeakEwma,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -198,6 +200,7 @@ pub mod defaults {
     pub const RETRY_BUDGET_PER_SECOND: u32 = 10;
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+    pub const BALANCE: super::Balance = super::Balance::PeakEwma;
     pub const LEARN_IDLE_TIMEOUT: bool = true;
     pub const MAX_IDLE_PER_TARGET: usize = 256;
     pub const QUEUE_SIZE: usize = 1024;
@@ -259,7 +262,7 @@ impl UpstreamConfig {
     pub fn new(targets: Vec<String>) -> Self {
         Self {
             targets,
-            balance: Balance::RoundRobin,
+            balance: defaults::BALANCE,
             connect_timeout: defaults::CONNECT_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,
             learn_idle_timeout: defaults::LEARN_IDLE_TIMEOUT,

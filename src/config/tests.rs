@@ -50,6 +50,7 @@ fn spec_sample_parses_to_the_expected_config() {
     let targets = ["127.0.0.1:3001", "127.0.0.1:3002", "127.0.0.1:3003"];
     let mut app = UpstreamConfig::new(targets.iter().map(|t| t.to_string()).collect());
     app.max_connections = Some(256);
+    app.balance = Balance::RoundRobin;
     app.health = Some(HealthConfig {
         interval: Duration::from_millis(500),
         timeout: Duration::from_millis(300),

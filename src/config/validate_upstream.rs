@@ -134,8 +134,10 @@ pub(super) fn upstream_config(
     let config = UpstreamConfig {
         targets,
         balance: match balance {
-            None | Some(RawBalance::RoundRobin) => Balance::RoundRobin,
+            None => defaults::BALANCE,
+            Some(RawBalance::RoundRobin) => Balance::RoundRobin,
             Some(RawBalance::LeastRequest) => Balance::LeastRequest,
+            Some(RawBalance::PeakEwma) => Balance::PeakEwma,
         },
         connect_timeout: cx.duration(
             connect_timeout,

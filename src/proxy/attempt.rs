@@ -74,6 +74,15 @@ impl AttemptOutcome {
     /// Tells the target's health and the route's per-target metric how this attempt went.
     pub fn report(&self, upstream: &Upstream, metrics: &RouteMetrics) {
         upstream.observe(&self.target, self.error(), self.status());
+        // A pooled connection the upstream closed as we wrote (the keep-alive race) says
+        // nothing about the target's speed.
+        let race = self.error().is_some_and(|e| {
+            e.reused && !e.response_bytes && e.cause == Cause::ConnectionTerminated
+        });
+        if !race {
+            let now = Instant::now();
+            (self.target.latency).observe(self.duration, self.error().is_some(), now);
+        }
         metrics.attempt(
             self.target.index,
             self.status(),

@@ -10,6 +10,7 @@ pub mod balancer;
 pub mod health;
 mod idle_learn;
 pub mod io;
+pub mod latency;
 pub mod pool;
 mod target;
 
@@ -166,6 +167,7 @@ impl Upstream {
         let mut stack = [Candidate {
             weight: 0.0,
             in_flight: 0,
+            latency: 0.0,
         }; 16];
         let mut heap = Vec::new();
         let candidates: &mut [Candidate] = if self.targets.len() <= stack.len() {
@@ -189,6 +191,11 @@ impl Upstream {
             *slot = Candidate {
                 weight,
                 in_flight: t.in_flight(),
+                latency: if self.balancer.reads_latency() {
+                    t.latency.estimate(now)
+                } else {
+                    0.0
+                },
             };
         }
         // A slot can be taken between the look and the grab; pick again a few times.

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod balance;
 mod chaos;
 mod config;
 mod demo;
