@@ -53,6 +53,7 @@ pub struct RawRoute {
     pub upstream: Option<Str>,
     pub timeout: Option<Str>,
     pub per_try_timeout: Option<Str>,
+    pub hedge_after: Option<Str>,
     pub retries: Option<u32>,
     pub retry_non_idempotent: Option<bool>,
     pub retry_on_status: Option<Vec<Spanned<u16>>>,

@@ -76,6 +76,9 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Deadline for one attempt to produce a response head.
     pub per_try_timeout: Duration,
+    /// Idempotent requests with a replayable body get a second attempt on another target when
+    /// the first has not answered after this long (first answer wins); `None`: off.
+    pub hedge_after: Option<Duration>,
     /// Extra attempts after the first.
     pub retries: u32,
     /// Allow retrying non-idempotent requests that may have reached the upstream.
@@ -247,6 +250,7 @@ impl RouteConfig {
             upstream: upstream.to_string(),
             timeout: defaults::ROUTE_TIMEOUT,
             per_try_timeout: defaults::PER_TRY_TIMEOUT,
+            hedge_after: None,
             retries: defaults::RETRIES,
             retry_non_idempotent: false,
             retry_on_status: defaults::RETRY_ON_STATUS.to_vec(),

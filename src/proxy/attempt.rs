@@ -68,6 +68,8 @@ impl AttemptOutcome {
             request_sent: self.error().map_or(true, |e| e.request_sent),
             reused: self.reused,
             duration_ms: self.duration,
+            hedge: false,
+            cancelled: false,
         }
     }
 

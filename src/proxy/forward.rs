@@ -10,8 +10,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::attempt;
 use super::headers;
+use super::hedge;
 use super::outcome::{Finish, RequestLog};
 use super::relay::{BodyEnd, ClientBody, Relay};
 use super::request::{self, RequestBody};
@@ -115,7 +115,7 @@ async fn forward(
     let mut unsent: Option<Request<crate::body::UpstreamBody>> = None;
 
     loop {
-        let (target, in_flight) = match upstream.acquire(tried, deadline).await {
+        let (target, mut in_flight) = match upstream.acquire(tried, deadline).await {
             Ok(picked) => picked,
             Err(err) => return fail(log, err.cause, &err.detail),
         };
@@ -139,10 +139,26 @@ async fn forward(
             .config
             .per_try_timeout
             .min(deadline.saturating_duration_since(Instant::now()));
-        let (outcome, back) = attempt::run(target, req, per_try).await;
+        let hedge = hedge_for(
+            route,
+            &head,
+            body,
+            tried,
+            deadline,
+            host_from_target,
+            log.attempts.is_empty(),
+        );
+        let (outcome, back, hedged) = hedge::run(target, req, per_try, hedge).await;
         unsent = back;
         outcome.report(upstream, &route.metrics);
-        log.attempts.push(outcome.log_entry());
+        match hedged {
+            None => log.attempts.push(outcome.log_entry()),
+            Some(h) => {
+                log.attempts.extend(h.log);
+                tried.insert(h.hedge_target);
+                in_flight = h.won.unwrap_or(in_flight);
+            }
+        }
 
         let retry_in = if outcome.asks_retry(&route.config.retry_on_status) {
             let now = Instant::now();
@@ -181,6 +197,35 @@ async fn forward(
             }
         }
     }
+}
+
+/// The hedge of this attempt, when the route asks for one and it is safe: the first attempt of an
+/// idempotent (or keyed) request with a replayable body, and a retry left to spend on it.
+fn hedge_for<'a>(
+    route: &'a Route,
+    head: &http::request::Parts,
+    body: &mut RequestBody,
+    tried: Tried,
+    deadline: Instant,
+    host_from_target: bool,
+    first: bool,
+) -> Option<hedge::Hedge<'a>> {
+    let after = route.config.hedge_after?;
+    let safe = retry::is_idempotent(&head.method) || retry::has_idempotency_key(&head.headers);
+    if !(first && safe && body.replayable() && route.config.retries > 0) {
+        return None;
+    }
+    Some(hedge::Hedge {
+        after,
+        req: Request::from_parts(clone_head(head), body.for_attempt()?),
+        host_from_target,
+        upstream: &route.upstream,
+        tried,
+        deadline,
+        budget: &route.budget,
+        metrics: &route.metrics,
+        retry_on_status: &route.config.retry_on_status,
+    })
 }
 
 /// Asks the retry rule (budget included) about a failed attempt; counts and logs its answer.

@@ -155,6 +155,14 @@ impl Upstream {
         }
     }
 
+    /// A target this request has not tried, with a free slot, now or never (for a hedge).
+    pub fn try_acquire_untried(&self, tried: Tried) -> Option<(Arc<Target>, InFlight)> {
+        match self.try_pick(tried) {
+            Pick::Got(target, slot) if !tried.contains(target.index) => Some((target, slot)),
+            _ => None,
+        }
+    }
+
     fn try_pick(&self, tried: Tried) -> Pick {
         let now = Instant::now();
         let healthy = self.targets.iter().filter(|t| t.routable()).count();

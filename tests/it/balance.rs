@@ -96,3 +96,48 @@ async fn a_slow_target_with_fast_health_costs_the_route_no_tail_latency() {
         "p99 {p99:?} above 3x the baseline ({base_p99:?})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hedging_bounds_the_tail_when_a_target_turns_slow() {
+    let hedge_after = Duration::from_millis(50);
+    let (nodes, gw) =
+        slow_target_setup(|c| support::route_of(c).hedge_after = Some(hedge_after)).await;
+    let (base, bad) = steady_load(&gw, 4, Duration::from_secs(4)).await;
+    assert!(bad.is_empty(), "errors with no slow target: {bad:?}");
+    let base_p999 = quantile(&base, 0.999);
+
+    nodes[0].set_delay(Duration::from_secs(3));
+    let (lat, bad) = steady_load(&gw, 4, Duration::from_secs(10)).await;
+    assert!(bad.is_empty(), "errors with a slow target: {bad:?}");
+    let p999 = quantile(&lat, 0.999);
+    let max = *lat.last().unwrap();
+    // Every request that met the slow target was hedged: none waited for its 3 s answer.
+    let hedges: Vec<serde_json::Value> = std::iter::from_fn(|| gw.log.try_recv().ok())
+        .map(|line| serde_json::from_slice(&line).unwrap())
+        .filter(|l: &serde_json::Value| {
+            l["attempts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["hedge"] == true)
+        })
+        .collect();
+    eprintln!(
+        "no slow target: p99.9 {base_p999:?}; slow target, hedge_after {hedge_after:?}: {} \
+         requests, p99.9 {p999:?}, max {max:?}, {} hedged",
+        lat.len(),
+        hedges.len()
+    );
+    assert!(!hedges.is_empty(), "no request was hedged");
+    for h in &hedges {
+        assert_eq!(h["status"], 200, "{h}");
+        let attempts = h["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 2, "{h}");
+        assert!(attempts.iter().any(|a| a["cancelled"] == true), "{h}");
+    }
+    assert!(max < Duration::from_secs(1), "a request waited {max:?}");
+    // A hedged request waits `hedge_after` before the hedge starts; beyond that, the tail stays
+    // within 3x of the run without a slow target (10 ms floor, as above).
+    let bound = hedge_after + 3 * base_p999.max(Duration::from_millis(10));
+    assert!(p999 <= bound, "p99.9 {p999:?} above {bound:?}");
+}
