@@ -120,6 +120,7 @@ path_prefix = "/api"
 upstream = "u"
 timeout = "10s"
 per_try_timeout = "2s"
+hedge_after = "150ms"
 retries = 0
 retry_non_idempotent = true
 retry_on_status = [503]
@@ -130,6 +131,7 @@ retry_budget_per_second = 3
 targets = ["10.0.0.1:80"]
 balance = "least_request"
 protocol = "http1"
+learn_idle_timeout = false
 max_idle_per_target = 8
 queue_size = 0
 body_idle_timeout = "1h"
@@ -174,6 +176,7 @@ failure_statuses = [500, 502]
         ),
         (Duration::from_secs(10), Duration::from_secs(2), 0, true)
     );
+    assert_eq!(r.hedge_after, Some(Duration::from_millis(150)));
     assert_eq!(
         (
             r.retry_on_status.as_slice(),
@@ -193,6 +196,7 @@ failure_statuses = [500, 502]
         ),
         (Balance::LeastRequest, 8, 0, 1 << 20)
     );
+    assert!(!u.learn_idle_timeout);
     assert_eq!(
         (u.body_idle_timeout, u.slow_start, u.panic_threshold),
         (Duration::from_secs(3600), Duration::ZERO, Some(0.25))
@@ -296,6 +300,34 @@ targets = []
             (11, "upstream.u.targets")
         ]
     );
+}
+
+#[test]
+fn a_hedge_that_could_never_start_is_an_error_on_its_line() {
+    let src = r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:1"
+[[route]]
+upstream = "u"
+per_try_timeout = "1s"
+hedge_after = "1s"
+[upstream.u]
+targets = ["127.0.0.1:2"]
+"#;
+    let errors = parse(src, "t.toml").unwrap_err().0;
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(got, [(8, "route[0].hedge_after")]);
+    assert!(
+        errors[0].message.contains("could never start"),
+        "{}",
+        errors[0].message
+    );
+    // Defaults: no hedging, learning on, peak EWMA.
+    let ok = parse(&src.replace("hedge_after = \"1s\"\n", ""), "t.toml").unwrap();
+    assert_eq!(ok.routes[0].hedge_after, None);
+    assert!(ok.upstreams["u"].learn_idle_timeout);
+    assert_eq!(ok.upstreams["u"].balance, Balance::PeakEwma);
 }
 
 #[test]
