@@ -121,26 +121,37 @@ fn least_request(candidates: &[Candidate], usable: &dyn Fn(usize) -> bool) -> Op
 }
 
 /// Power of two choices: two distinct usable targets at random, the one with the lower cost wins.
-/// Cost = latency estimate × (requests in flight + 1) / weight, so a slow target, a target that
-/// has stopped answering (its in-flight count only grows) and a target in slow start each get
-/// less. Two random choices rather than the global minimum: every gateway that reads the same
-/// estimates would otherwise send its next requests to the same target at once.
+/// Cost = latency estimate × (requests in flight + 1), so a slow target and a target that has
+/// stopped answering (its in-flight count only grows) get less. Two random choices rather than
+/// the global minimum: every gateway that reads the same estimates would otherwise send its next
+/// requests to the same target at once.
+///
+/// Slow start caps a ramping target's share at its weight: it enters the draw only with a
+/// probability equal to its weight, so a fast target that has just come back is not handed every
+/// request at once. (Dividing the cost by the weight would not: a target ten times faster than
+/// the others would still win every pair at weight 0.1.)
 fn peak_ewma(candidates: &[Candidate], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-    let n = (0..candidates.len()).filter(|&i| usable(i)).count();
-    let nth = |k: usize| (0..candidates.len()).filter(|&i| usable(i)).nth(k);
-    match n {
-        0 => None,
-        1 => nth(0),
-        _ => {
-            let a = fastrand::usize(..n);
-            let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-            let (a, b) = (nth(a)?, nth(b)?);
-            let cost = |i: usize| {
-                let c = &candidates[i];
-                c.latency * (f64::from(c.in_flight) + 1.0) / c.weight
-            };
-            Some(if cost(b) < cost(a) { b } else { a })
+    // Reservoir sampling of two among the entrants, in one pass and without allocating.
+    let (mut pair, mut seen) = ([usize::MAX; 2], 0usize);
+    for i in (0..candidates.len()).filter(|&i| usable(i)) {
+        let w = candidates[i].weight;
+        if w < 1.0 && fastrand::f64() >= w {
+            continue;
         }
+        seen += 1;
+        if seen <= 2 {
+            pair[seen - 1] = i;
+        } else if fastrand::usize(..seen) < 2 {
+            pair[fastrand::usize(..2)] = i;
+        }
+    }
+    let cost = |i: usize| candidates[i].latency * (f64::from(candidates[i].in_flight) + 1.0);
+    match seen {
+        // Every usable target is ramping and none entered: share by weight, as round robin does.
+        0 => weighted_random(candidates, usable),
+        1 => Some(pair[0]),
+        _ if cost(pair[1]) < cost(pair[0]) => Some(pair[1]),
+        _ => Some(pair[0]),
     }
 }
 
@@ -190,21 +201,33 @@ mod tests {
     }
 
     #[test]
-    fn peak_ewma_keeps_slow_start_and_untried_preference() {
+    fn peak_ewma_caps_a_ramping_target_at_its_weight() {
         let b = Balancer::new(Balance::PeakEwma);
+        // The ramping target is ten times faster, yet gets about its 10% weight, not everything.
         let ramping = Candidate {
             weight: 0.1,
             in_flight: 0,
-            latency: 0.01,
+            latency: 0.002,
         };
-        // Ramping: ten times the cost of an equal full-weight target.
         let cands = [ramping, timed(0.02, 0)];
-        for _ in 0..200 {
-            assert_eq!(b.pick(&cands, Tried::default()), Some(1));
-        }
+        let got = (0..10_000)
+            .filter(|_| b.pick(&cands, Tried::default()) == Some(0))
+            .count();
+        assert!((600..1500).contains(&got), "ramping target got {got}");
+        // Only ramping targets, none drawn: still a pick, by weight.
+        let all_ramping = [Candidate {
+            weight: 0.01,
+            ..ramping
+        }];
+        assert_eq!(b.pick(&all_ramping, Tried::default()), Some(0));
+        // Untried targets first.
         let mut tried = Tried::default();
         tried.insert(1);
-        assert_eq!(b.pick(&cands, tried), Some(0));
+        let full = [timed(1.0, 5), timed(0.001, 0)];
+        let mut tried0 = Tried::default();
+        tried0.insert(0);
+        assert_eq!(b.pick(&full, tried0), Some(1));
+        assert_eq!(b.pick(&full, tried), Some(0));
         assert_eq!(
             b.pick(&[c(0.0, 0), timed(1.0, 9)], Tried::default()),
             Some(1)
