@@ -16,7 +16,11 @@ slow: three upstreams answer at once, except that one of them answers every requ
 Exit 1 if any request failed (idle) or any run had errors (slow).
 
 usage: scripts/idle-race-load.py [path/to/gatewise] [--mode idle|slow] [--rate 40]
-       [--duration 30] [--idle 0.2] [--learning on|off|both] [--workers 4] [--slow-delay 3]
+       [--duration 30] [--idle 0.2] [--learning on|off|both] [--crossing 0.02]
+       [--workers 4] [--slow-delay 3] [--hedge-after 50ms] [--only 0,3] [--access-log PATH]
+
+On loopback an idle close reaches gatewise within microseconds, so the race is rare; --crossing
+models the network round trip in which a request and the upstream's close cross on the wire.
 """
 import argparse, collections, http.client, http.server, os, random, socket, subprocess, sys, tempfile, threading, time
 
@@ -25,20 +29,37 @@ def free_port():
 
 class Upstream(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Head and body go out in two writes: without this, Nagle holds the body for the client's
+    # delayed ACK (40 ms on Linux), and every request looks 40 ms slow.
+    disable_nagle_algorithm = True
     timeout = None  # set per run: idle connections are closed after it
     delay = {}      # port -> seconds every non-health request waits
+    crossing = 0.0  # a request arriving this close to the idle timeout crosses the close
+    crossed = 0
+    def setup(self):
+        super().setup(); self.idle_from = time.monotonic()
     executed = collections.Counter()
     lock = threading.Lock()
     def log_message(self, *a): pass
     def _answer(self):
         n = int(self.headers.get("content-length") or 0)
         if n: self.rfile.read(n)
+        if Upstream.timeout and Upstream.crossing and time.monotonic() - self.idle_from >= Upstream.timeout - Upstream.crossing:
+            # Our idle timer fired as the request was on its way (a network round trip): the
+            # connection closes, the request unanswered and not executed.
+            with Upstream.lock: Upstream.crossed += 1
+            self.close_connection = True
+            return
         if self.path != "/health":
             d = Upstream.delay.get(self.server.server_address[1], 0)
             if d: time.sleep(d)
             rid = self.headers.get("x-request-id", "")
             with Upstream.lock: Upstream.executed[rid] += 1
-        self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"ok")
+        try:
+            self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"ok")
+        except OSError:
+            pass  # gatewise cancelled the attempt (a hedge won, or the client left)
+        self.idle_from = time.monotonic()
     do_GET = do_POST = _answer
 
 def upstreams(n):
@@ -50,10 +71,12 @@ def upstreams(n):
         threading.Thread(target=srv.serve_forever, daemon=True).start()
     return ports
 
+ACCESS_LOG = "off"
+
 def start_gateway(binary, ports, upstream_extra="", route_extra="", health=False):
     gw_port = free_port()
     targets = ", ".join(f'"127.0.0.1:{p}"' for p in ports)
-    cfg = f"""
+    cfg = f"""access_log = "{ACCESS_LOG}"
 [admin]
 listen = "off"
 [[listener]]
@@ -89,6 +112,7 @@ def stop_gateway(gw, cfg_path):
 
 def idle_run(a, learning):
     Upstream.timeout = a.idle
+    Upstream.crossing = a.crossing; Upstream.crossed = 0
     Upstream.executed.clear()
     ports = upstreams(3)
     gw, gw_port, cfg = start_gateway(a.gatewise, ports, f"learn_idle_timeout = {learning}")
@@ -115,7 +139,7 @@ def idle_run(a, learning):
         dup = sum(1 for k, v in Upstream.executed.items() if k.startswith("r") and v > 1)
         print(f"learn_idle_timeout = {learning}: sent {sent} requests in {a.duration:.0f}s at ~{a.rate:.0f}/s, upstreams close idle after {a.idle}s")
         for k, v in sorted(counts.items()): print(f"  {k}: {v}")
-        print(f"  executed twice: {dup}")
+        print(f"  executed twice: {dup}; requests that crossed an idle close: {Upstream.crossed}")
         failed = sum(v for k, v in counts.items() if not k.endswith(" 200"))
         print(f"  {sent - failed} passed, {failed} failed")
         return failed + dup
@@ -125,9 +149,16 @@ def idle_run(a, learning):
 def pct(sorted_lat, q):
     return sorted_lat[min(len(sorted_lat) - 1, max(0, int(len(sorted_lat) * q + 0.999999) - 1))]
 
-def slow_run(a, label, ports, upstream_extra, route_extra=""):
+def slow_run(a, label, ports, upstream_extra, route_extra="", slow_port=None):
+    Upstream.delay.clear()
     gw, gw_port, cfg = start_gateway(a.gatewise, ports, upstream_extra, route_extra, health=True)
     try:
+        # Warm: every target answers fast and is measured; then one target turns slow.
+        c = http.client.HTTPConnection("127.0.0.1", gw_port, timeout=30)
+        for _ in range(30):
+            c.request("GET", "/"); c.getresponse().read()
+        c.close()
+        if slow_port: Upstream.delay[slow_port] = a.slow_delay
         lat = []; errors = collections.Counter(); lock = threading.Lock()
         end = time.time() + a.duration
         def worker():
@@ -162,10 +193,15 @@ def main():
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--idle", type=float, default=1.0)
     ap.add_argument("--learning", choices=["on", "off", "both"], default="on")
+    ap.add_argument("--crossing", type=float, default=0.0,
+                    help="idle mode: seconds before the idle timeout in which a request crosses the close (models a network round trip; loopback alone has ~0)")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--slow-delay", type=float, default=3.0)
     ap.add_argument("--hedge-after", default="50ms")
+    ap.add_argument("--only", help="slow mode: comma-separated run numbers (0 = no slow target)")
+    ap.add_argument("--access-log", default="off", help="access_log destination for gatewise")
     a = ap.parse_args()
+    global ACCESS_LOG; ACCESS_LOG = a.access_log
     bad = 0
     if a.mode == "idle":
         runs = {"on": ["true"], "off": ["false"], "both": ["false", "true"]}[a.learning]
@@ -174,12 +210,15 @@ def main():
         Upstream.timeout = None
         ports = upstreams(3)
         print(f"{a.workers} workers, GET every 10 ms each, {a.duration:.0f}s per run; one of three targets answers after {a.slow_delay}s (health fast)")
-        bad += slow_run(a, "no slow target, peak_ewma", ports, 'balance = "peak_ewma"')
-        Upstream.delay[ports[0]] = a.slow_delay
+        only = a.only.split(",") if a.only else None
+        runs = [("no slow target, peak_ewma", 'balance = "peak_ewma"', "", None)]
         for balance in ["round_robin", "least_request", "peak_ewma"]:
-            bad += slow_run(a, f"slow target, {balance}", ports, f'balance = "{balance}"')
-        bad += slow_run(a, f"slow target, round_robin, hedge {a.hedge_after}", ports, 'balance = "round_robin"', f'hedge_after = "{a.hedge_after}"')
-        bad += slow_run(a, f"slow target, peak_ewma, hedge {a.hedge_after}", ports, 'balance = "peak_ewma"', f'hedge_after = "{a.hedge_after}"')
+            runs.append((f"slow target, {balance}", f'balance = "{balance}"', "", ports[0]))
+        for balance in ["round_robin", "peak_ewma"]:
+            runs.append((f"slow target, {balance}, hedge {a.hedge_after}", f'balance = "{balance}"', f'hedge_after = "{a.hedge_after}"', ports[0]))
+        for i, (label, up, route, slow) in enumerate(runs):
+            if only is None or str(i) in only:
+                bad += slow_run(a, label, ports, up, route, slow)
     sys.exit(1 if bad else 0)
 
 if __name__ == "__main__":

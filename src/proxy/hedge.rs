@@ -136,11 +136,19 @@ pub async fn run(
     (winner, unsent, Some(hedged))
 }
 
-/// The log entry of an attempt cancelled because the other one answered first. How long it had
-/// waited is a floor of its latency, and the latency estimate takes it as a sample.
+/// The log entry of an attempt cancelled because the other one answered first.
+///
+/// A first attempt out-raced by a hedge that started `hedge_after` later is an outlier, and its
+/// wait only a floor of its latency: its target's estimate takes it as a failure (at least
+/// `FAILURE_PENALTY`), so `peak_ewma` routes around the target for a while. Taking the wait as
+/// a plain sample would tell the balancer "about `hedge_after`", which a busy fast target soon
+/// costs more than, and the slow target would keep getting requests to hedge. A cancelled hedge
+/// started late and says nothing about its target.
 fn cancelled(target: &Target, started: Instant, hedge: bool) -> Attempt {
     let waited = started.elapsed();
-    target.latency.observe(waited, false, Instant::now());
+    if !hedge {
+        target.latency.observe(waited, true, Instant::now());
+    }
     Attempt {
         target: target.addr.clone(),
         cause: None,
