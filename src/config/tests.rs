@@ -120,7 +120,6 @@ path_prefix = "/api"
 upstream = "u"
 timeout = "10s"
 per_try_timeout = "2s"
-hedge_after = "150ms"
 retries = 0
 retry_non_idempotent = true
 retry_on_status = [503]
@@ -176,7 +175,6 @@ failure_statuses = [500, 502]
         ),
         (Duration::from_secs(10), Duration::from_secs(2), 0, true)
     );
-    assert_eq!(r.hedge_after, Some(Duration::from_millis(150)));
     assert_eq!(
         (
             r.retry_on_status.as_slice(),
@@ -322,6 +320,29 @@ targets = ["127.0.0.1:2"]
         errors[0].message.contains("could never start"),
         "{}",
         errors[0].message
+    );
+    let no_retries = src.replace(
+        "hedge_after = \"1s\"",
+        "hedge_after = \"50ms\"\nretries = 0",
+    );
+    let errors = parse(&no_retries, "t.toml").unwrap_err().0;
+    assert_eq!(
+        (errors[0].line, errors[0].field.as_str()),
+        (8, "route[0].hedge_after")
+    );
+    assert!(
+        errors[0].message.contains("retries"),
+        "{}",
+        errors[0].message
+    );
+    let hedged = parse(
+        &src.replace("\"1s\"\n[upstream", "\"150ms\"\n[upstream"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        hedged.routes[0].hedge_after,
+        Some(Duration::from_millis(150))
     );
     // Defaults: no hedging, learning on, peak EWMA.
     let ok = parse(&src.replace("hedge_after = \"1s\"\n", ""), "t.toml").unwrap();

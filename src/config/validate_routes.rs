@@ -246,6 +246,14 @@ pub(super) fn route_configs(
                 }
                 fires
             });
+        if let (Some(_), Some(0)) = (hedge_after, retries) {
+            let at = hedge_span.clone().unwrap_or(span.clone());
+            cx.err(
+                at,
+                &f("hedge_after"),
+                "needs retries of at least 1: a hedge is an extra attempt",
+            );
+        }
         let ratio = match retry_budget_ratio {
             Some(r) if !(0.0..=1.0).contains(r.get_ref()) => {
                 cx.err(

@@ -135,8 +135,11 @@ async fn silent_upstream_idle_timeout_is_learned_and_costs_no_post() {
         }
     }
     let learned = learned.expect("an idle close was seen and a limit learned");
+    // 75% of the idle age at which the close was seen; that age is measured when the driver
+    // task runs, so on a loaded machine it can be a little above 200 ms: below the upstream's
+    // timeout is what counts.
     assert!(
-        (50..=150).contains(&learned),
+        (50..200).contains(&learned),
         "learned {learned} ms for an upstream closing after 200 ms"
     );
     assert!(
