@@ -73,8 +73,11 @@ impl AttemptOutcome {
         }
     }
 
-    /// Tells the target's health and the route's per-target metric how this attempt went.
-    pub fn report(&self, upstream: &Upstream, metrics: &RouteMetrics) {
+    /// Tells the target's health, its latency estimate and the route's per-target metric how
+    /// this attempt went. `retry_on_status`: the route's; such an answer counts as a failure for
+    /// the latency estimate, so a target that answers 503 fast does not look fast and draw
+    /// traffic.
+    pub fn report(&self, upstream: &Upstream, metrics: &RouteMetrics, retry_on_status: &[u16]) {
         upstream.observe(&self.target, self.error(), self.status());
         // A pooled connection the upstream closed as we wrote (the keep-alive race) says
         // nothing about the target's speed.
@@ -83,7 +86,8 @@ impl AttemptOutcome {
         });
         if !race {
             let now = Instant::now();
-            (self.target.latency).observe(self.duration, self.error().is_some(), now);
+            let failed = self.asks_retry(retry_on_status);
+            (self.target.latency).observe(self.duration, failed, now);
         }
         metrics.attempt(
             self.target.index,

@@ -150,7 +150,7 @@ async fn forward(
         );
         let (outcome, back, hedged) = hedge::run(target, req, per_try, hedge).await;
         unsent = back;
-        outcome.report(upstream, &route.metrics);
+        outcome.report(upstream, &route.metrics, &route.config.retry_on_status);
         match hedged {
             None => log.attempts.push(outcome.log_entry()),
             Some(h) => {

@@ -92,7 +92,7 @@ pub async fn run(
     let good = |o: &AttemptOutcome| !o.asks_retry(h.retry_on_status);
     // An attempt that ended badly is reported as it is, and the other one is waited for.
     let ended_badly = |o: &AttemptOutcome, hedge: bool| {
-        o.report(h.upstream, h.metrics);
+        o.report(h.upstream, h.metrics, h.retry_on_status);
         Attempt {
             hedge,
             ..o.log_entry()

@@ -141,3 +141,28 @@ async fn hedging_bounds_the_tail_when_a_target_turns_slow() {
     let bound = hedge_after + 3 * base_p999.max(Duration::from_millis(10));
     assert!(p999 <= bound, "p99.9 {p999:?} above {bound:?}");
 }
+
+#[tokio::test]
+async fn a_target_answering_503_fast_draws_no_traffic_with_peak_ewma() {
+    // Passive health does not count 503s here (no failure_statuses): the balancer alone.
+    let not_ready = crate::support::upstream::serve(|_| {
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"not ready",
+        )));
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let good = crate::support::upstream::ok("up").await;
+    let gw = support::start(support::config(&[not_ready.addr, good.addr])).await;
+    let c = client();
+    for _ in 0..50 {
+        assert_eq!(get(&c, &gw.url("/")).await.0.status, 200);
+    }
+    // Its fast 503s count as failures in its latency estimate, not as a fast target.
+    assert!(
+        not_ready.stats.requests() <= 3,
+        "{} of 50 first attempts went to the target answering 503",
+        not_ready.stats.requests()
+    );
+}

@@ -296,7 +296,10 @@ async fn status_retry_moves_idempotent_requests_only() {
     })
     .await;
     let good = upstream::ok("up").await;
-    let cfg = support::config(&[failing.addr, good.addr]);
+    let mut cfg = support::config(&[failing.addr, good.addr]);
+    // Round robin keeps sending first attempts to the failing target; peak_ewma (the default)
+    // counts its 503s as failures and soon sends it nothing, so no POST would meet it.
+    support::upstream_of(&mut cfg).balance = gatewise::config::Balance::RoundRobin;
     let gw = support::start(cfg).await;
     let c = client();
     for _ in 0..4 {
@@ -330,7 +333,10 @@ async fn keyed_post_answered_503_by_a_target_not_ready_is_served_by_another() {
     })
     .await;
     let good = upstream::echo().await;
-    let cfg = support::config(&[not_ready.addr, good.addr]);
+    let mut cfg = support::config(&[not_ready.addr, good.addr]);
+    // Round robin, so the not-ready target gets its share of first attempts (peak_ewma, the
+    // default, counts its 503s as failures and soon sends it nothing).
+    support::upstream_of(&mut cfg).balance = gatewise::config::Balance::RoundRobin;
     let gw = support::start(cfg).await;
     let c = client();
     // Until the not-ready target has answered some of them (round robin starts anywhere).
