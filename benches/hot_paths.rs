@@ -55,6 +55,7 @@ fn candidates(n: usize) -> Vec<Candidate> {
         .map(|i| Candidate {
             weight: 1.0,
             in_flight: (i as u32 * 7) % 5,
+            latency: 0.001 * f64::from(i as u32 % 3 + 1),
         })
         .collect()
 }
@@ -66,6 +67,7 @@ fn bench_balancer(c: &mut Criterion) {
         for (name, policy) in [
             ("round_robin", Balance::RoundRobin),
             ("least_request", Balance::LeastRequest),
+            ("peak_ewma", Balance::PeakEwma),
         ] {
             let balancer = Balancer::new(policy);
             group.bench_function(format!("{name}/{n}"), |b| {

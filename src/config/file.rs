@@ -79,6 +79,7 @@ pub struct RawRoute {
     pub upstream: Option<Str>,
     pub timeout: Option<Str>,
     pub per_try_timeout: Option<Str>,
+    pub hedge_after: Option<Str>,
     pub retries: Option<u32>,
     pub retry_non_idempotent: Option<bool>,
     pub retry_on_status: Option<Vec<Spanned<u16>>>,
@@ -105,6 +106,7 @@ pub struct RawUpstream {
     pub protocol: Option<Str>,
     pub connect_timeout: Option<Str>,
     pub idle_timeout: Option<Str>,
+    pub learn_idle_timeout: Option<bool>,
     pub max_idle_per_target: Option<usize>,
     pub max_connections: Option<Spanned<u32>>,
     pub queue_size: Option<usize>,
@@ -127,6 +129,7 @@ pub struct RawUpstream {
 pub enum RawBalance {
     RoundRobin,
     LeastRequest,
+    PeakEwma,
 }
 
 #[derive(Debug, Deserialize)]

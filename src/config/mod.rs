@@ -130,6 +130,9 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// Deadline for one attempt to produce a response head.
     pub per_try_timeout: Duration,
+    /// Idempotent requests with a replayable body get a second attempt on another target when
+    /// the first has not answered after this long (first answer wins); `None`: off.
+    pub hedge_after: Option<Duration>,
     /// Extra attempts after the first.
     pub retries: u32,
     /// Allow retrying non-idempotent requests that may have reached the upstream.
@@ -172,6 +175,8 @@ impl std::fmt::Display for HostPattern {
 pub enum Balance {
     RoundRobin,
     LeastRequest,
+    /// Power of two choices by decaying latency × requests in flight (`upstream::latency`).
+    PeakEwma,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +187,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     /// Pooled connection idle limit (shortened by the upstream's `Keep-Alive: timeout=`).
     pub idle_timeout: Duration,
+    /// Learn, per target, the idle age at which the upstream closes pooled connections, and keep
+    /// the idle limit below it.
+    pub learn_idle_timeout: bool,
     /// Idle pooled connections kept per target.
     pub max_idle_per_target: usize,
     /// Concurrent requests per target; `None` means unlimited.
@@ -260,6 +268,8 @@ pub mod defaults {
     pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+    pub const BALANCE: super::Balance = super::Balance::PeakEwma;
+    pub const LEARN_IDLE_TIMEOUT: bool = true;
     pub const MAX_IDLE_PER_TARGET: usize = 256;
     pub const QUEUE_SIZE: usize = 1024;
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -318,6 +328,7 @@ impl RouteConfig {
             upstream: upstream.to_string(),
             timeout: defaults::ROUTE_TIMEOUT,
             per_try_timeout: defaults::PER_TRY_TIMEOUT,
+            hedge_after: None,
             retries: defaults::RETRIES,
             retry_non_idempotent: false,
             retry_on_status: defaults::RETRY_ON_STATUS.to_vec(),
@@ -334,9 +345,10 @@ impl UpstreamConfig {
     pub fn new(targets: Vec<String>) -> Self {
         Self {
             targets,
-            balance: Balance::RoundRobin,
+            balance: defaults::BALANCE,
             connect_timeout: defaults::CONNECT_TIMEOUT,
             idle_timeout: defaults::IDLE_TIMEOUT,
+            learn_idle_timeout: defaults::LEARN_IDLE_TIMEOUT,
             max_idle_per_target: defaults::MAX_IDLE_PER_TARGET,
             max_connections: None,
             queue_size: defaults::QUEUE_SIZE,

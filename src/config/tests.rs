@@ -50,6 +50,7 @@ fn spec_sample_parses_to_the_expected_config() {
     let targets = ["127.0.0.1:3001", "127.0.0.1:3002", "127.0.0.1:3003"];
     let mut app = UpstreamConfig::new(targets.iter().map(|t| t.to_string()).collect());
     app.max_connections = Some(256);
+    app.balance = Balance::RoundRobin;
     app.health = Some(HealthConfig {
         interval: Duration::from_millis(500),
         timeout: Duration::from_millis(300),
@@ -130,6 +131,7 @@ tunnel_idle_timeout = "10m"
 targets = ["10.0.0.1:80"]
 balance = "least_request"
 protocol = "http1"
+learn_idle_timeout = false
 max_idle_per_target = 8
 queue_size = 0
 body_idle_timeout = "1h"
@@ -196,6 +198,7 @@ failure_statuses = [500, 502]
         ),
         (Balance::LeastRequest, 8, 0, 1 << 20)
     );
+    assert!(!u.learn_idle_timeout);
     assert_eq!(
         (u.body_idle_timeout, u.slow_start, u.panic_threshold),
         (Duration::from_secs(3600), Duration::ZERO, Some(0.25))
@@ -302,6 +305,57 @@ targets = []
             (11, "upstream.u.targets")
         ]
     );
+}
+
+#[test]
+fn a_hedge_that_could_never_start_is_an_error_on_its_line() {
+    let src = r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:1"
+[[route]]
+upstream = "u"
+per_try_timeout = "1s"
+hedge_after = "1s"
+[upstream.u]
+targets = ["127.0.0.1:2"]
+"#;
+    let errors = parse(src, "t.toml").unwrap_err().0;
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(got, [(8, "route[0].hedge_after")]);
+    assert!(
+        errors[0].message.contains("could never start"),
+        "{}",
+        errors[0].message
+    );
+    let no_retries = src.replace(
+        "hedge_after = \"1s\"",
+        "hedge_after = \"50ms\"\nretries = 0",
+    );
+    let errors = parse(&no_retries, "t.toml").unwrap_err().0;
+    assert_eq!(
+        (errors[0].line, errors[0].field.as_str()),
+        (8, "route[0].hedge_after")
+    );
+    assert!(
+        errors[0].message.contains("retries"),
+        "{}",
+        errors[0].message
+    );
+    let hedged = parse(
+        &src.replace("\"1s\"\n[upstream", "\"150ms\"\n[upstream"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        hedged.routes[0].hedge_after,
+        Some(Duration::from_millis(150))
+    );
+    // Defaults: no hedging, learning on, peak EWMA.
+    let ok = parse(&src.replace("hedge_after = \"1s\"\n", ""), "t.toml").unwrap();
+    assert_eq!(ok.routes[0].hedge_after, None);
+    assert!(ok.upstreams["u"].learn_idle_timeout);
+    assert_eq!(ok.upstreams["u"].balance, Balance::PeakEwma);
 }
 
 #[test]

@@ -152,6 +152,7 @@ pub(super) fn route_configs(
             upstream,
             timeout,
             per_try_timeout,
+            hedge_after,
             retries,
             retry_non_idempotent,
             retry_on_status,
@@ -250,6 +251,25 @@ pub(super) fn route_configs(
             let at = per_try_span.or(timeout_span).unwrap_or(span.clone());
             cx.err(at, &f("per_try_timeout"), format!("{per_try_timeout:?} is longer than the route timeout {timeout:?}, so it could never fire"));
         }
+        let hedge_span = hedge_after.as_ref().map(|t| t.span());
+        let hedge_after = hedge_after
+            .map(|h| cx.duration(Some(h), &f("hedge_after"), per_try_timeout, true))
+            .filter(|h| {
+                let fires = *h < per_try_timeout;
+                if !fires {
+                    let at = hedge_span.clone().unwrap_or(span.clone());
+                    cx.err(at, &f("hedge_after"), format!("{h:?} is not shorter than per_try_timeout {per_try_timeout:?}, so a hedge could never start"));
+                }
+                fires
+            });
+        if let (Some(_), Some(0)) = (hedge_after, retries) {
+            let at = hedge_span.clone().unwrap_or(span.clone());
+            cx.err(
+                at,
+                &f("hedge_after"),
+                "needs retries of at least 1: a hedge is an extra attempt",
+            );
+        }
         let ratio = match retry_budget_ratio {
             Some(r) if !(0.0..=1.0).contains(r.get_ref()) => {
                 cx.err(
@@ -278,6 +298,7 @@ pub(super) fn route_configs(
             upstream,
             timeout,
             per_try_timeout,
+            hedge_after,
             retries: retries.unwrap_or(defaults::RETRIES),
             retry_non_idempotent: retry_non_idempotent.unwrap_or(false),
             retry_on_status: cx.statuses(

@@ -51,6 +51,7 @@ pub(super) fn upstream_config(
         protocol,
         connect_timeout,
         idle_timeout,
+        learn_idle_timeout,
         max_idle_per_target,
         max_connections,
         queue_size,
@@ -154,8 +155,10 @@ pub(super) fn upstream_config(
     let config = UpstreamConfig {
         targets,
         balance: match balance {
-            None | Some(RawBalance::RoundRobin) => Balance::RoundRobin,
+            None => defaults::BALANCE,
+            Some(RawBalance::RoundRobin) => Balance::RoundRobin,
             Some(RawBalance::LeastRequest) => Balance::LeastRequest,
+            Some(RawBalance::PeakEwma) => Balance::PeakEwma,
         },
         connect_timeout: cx.duration(
             connect_timeout,
@@ -169,6 +172,7 @@ pub(super) fn upstream_config(
             defaults::IDLE_TIMEOUT,
             true,
         ),
+        learn_idle_timeout: learn_idle_timeout.unwrap_or(defaults::LEARN_IDLE_TIMEOUT),
         max_idle_per_target: max_idle_per_target.unwrap_or(defaults::MAX_IDLE_PER_TARGET),
         max_connections,
         queue_size: queue_size.unwrap_or(defaults::QUEUE_SIZE),

@@ -127,6 +127,8 @@ pub struct Live {
     /// Registers new listeners with the drain; released when the drain begins.
     drain: Option<DrainSignal>,
     config_path: Option<PathBuf>,
+    /// The config directory's watcher and its events, until `run` takes them.
+    watcher: Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)>,
     /// The file content last applied, so an event without a change does nothing.
     applied_source: Option<String>,
     /// In config order.
@@ -147,6 +149,7 @@ impl Live {
             access_log,
             drain: Some(drain),
             config_path: None,
+            watcher: None,
             applied_source: None,
             listeners: Vec::new(),
             health: BTreeMap::new(),
@@ -168,8 +171,14 @@ impl Live {
         Ok(live)
     }
 
+    /// Reloads read `path`; with `watch_config` its directory is watched from now on (so a
+    /// change made right after start is not missed).
     pub fn set_config_path(&mut self, path: PathBuf) {
         self.applied_source = std::fs::read_to_string(&path).ok();
+        if self.shared.snapshot.load().config.watch_config {
+            let (events_tx, events) = mpsc::channel::<()>(1);
+            self.watcher = watch(&path, events_tx).map(|w| (w, events));
+        }
         self.config_path = Some(path);
     }
 
@@ -287,11 +296,9 @@ impl Live {
 
     /// Applies reload requests and config-file changes, forever.
     pub async fn run(&mut self, requests: &mut mpsc::Receiver<ReloadRequest>) {
-        let (events_tx, mut events) = mpsc::channel::<()>(1);
-        let watching = self.shared.snapshot.load().config.watch_config;
-        let _watcher = match &self.config_path {
-            Some(p) if watching => watch(p, events_tx),
-            _ => None,
+        let (_watcher, mut events) = match self.watcher.take() {
+            Some((w, events)) => (Some(w), events),
+            None => (None, mpsc::channel::<()>(1).1),
         };
         loop {
             tokio::select! {

@@ -30,6 +30,12 @@ pub struct Attempt {
     pub reused: bool,
     #[serde(serialize_with = "as_millis")]
     pub duration_ms: Duration,
+    /// Started as a hedge: the attempt before it had not answered after `hedge_after`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hedge: bool,
+    /// Cancelled because the other attempt of a hedged pair answered first.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 /// The access-log line of one request.

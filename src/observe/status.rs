@@ -56,12 +56,18 @@ pub fn document(shared: &Shared) -> Value {
                         .collect();
                     let latest =
                         latest.map(|(at, c)| json!({ "at": rfc3339(at), "cause": c.as_str() }));
+                    let limits = t.pool.idle_limits();
+                    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
                     json!({
                         "target": &*t.addr,
                         "state": t.state().as_str(),
                         "in_flight": t.in_flight(),
                         "idle_connections": t.pool.idle_count(),
-                        "idle_timeout_ms": up.config.idle_timeout.as_millis() as u64,
+                        "idle_limit_ms": {
+                            "configured": ms(Some(limits.configured)),
+                            "announced": ms(limits.announced),
+                            "learned": ms(limits.learned),
+                        },
                         "last_change": last,
                         "causes": causes,
                         "last_cause": latest,
@@ -72,6 +78,7 @@ pub fn document(shared: &Shared) -> Value {
                 "balance": match up.config.balance {
                     crate::config::Balance::RoundRobin => "round_robin",
                     crate::config::Balance::LeastRequest => "least_request",
+                    crate::config::Balance::PeakEwma => "peak_ewma",
                 },
                 "queue_depth": up.queue_depth(),
                 "held": up.hold.depth(),

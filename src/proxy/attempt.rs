@@ -1,17 +1,124 @@
 //! One attempt: a connection to one target (pooled or new), the request sent, the response head
 //! read — and, when that fails, an [`UpstreamError`] classified right here, where we still know
 //! whether request bytes left and response bytes came back.
+//!
+//! [`run`] turns that into one [`AttemptOutcome`], and everything the request path says about an
+//! attempt is derived from it: the health observation, the access-log [`Attempt`], the per-target
+//! metric and the retry rule's [`retry::Outcome`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tokio::time::Instant;
 
+use super::retry;
 use crate::body::UpstreamBody;
 use crate::cause::{Cause, Phase, UpstreamError};
+use crate::observe::access_log::Attempt;
+use crate::observe::metrics::RouteMetrics;
 use crate::upstream::io::{IoSnapshot, IoStats};
-use crate::upstream::pool::Conn;
-use crate::upstream::Target;
+use crate::upstream::pool::{Conn, Reuse};
+use crate::upstream::{Target, Upstream};
+
+/// How one attempt ended, built once by [`run`].
+pub struct AttemptOutcome {
+    pub target: Arc<Target>,
+    /// The response head and its connection, or why there is none.
+    pub result: Result<(Response<Incoming>, Conn), UpstreamError>,
+    /// The request went out on a pooled connection.
+    pub reused: bool,
+    /// From the start of the attempt to the response head (or the failure).
+    pub duration: Duration,
+}
+
+impl AttemptOutcome {
+    pub fn status(&self) -> Option<StatusCode> {
+        self.result.as_ref().ok().map(|(resp, _)| resp.status())
+    }
+
+    pub fn error(&self) -> Option<&UpstreamError> {
+        self.result.as_ref().err()
+    }
+
+    /// What the retry rule reads of this attempt.
+    pub fn retry_outcome(&self) -> retry::Outcome<'_> {
+        match &self.result {
+            Ok((resp, _)) => retry::Outcome::Status(resp.status()),
+            Err(e) => retry::Outcome::Failed(e),
+        }
+    }
+
+    /// Whether the retry rule is asked at all: a failure, or a status in `retry_on_status`.
+    /// Any other response goes straight back to the client.
+    pub fn asks_retry(&self, retry_on_status: &[u16]) -> bool {
+        match self.status() {
+            Some(s) => retry_on_status.contains(&s.as_u16()),
+            None => true,
+        }
+    }
+
+    /// The access-log entry of this attempt.
+    pub fn log_entry(&self) -> Attempt {
+        Attempt {
+            target: self.target.addr.clone(),
+            cause: self.error().map(|e| e.cause),
+            status: self.status().map(|s| s.as_u16()),
+            request_sent: self.error().map_or(true, |e| e.request_sent),
+            reused: self.reused,
+            duration_ms: self.duration,
+            hedge: false,
+            cancelled: false,
+        }
+    }
+
+    /// Tells the target's health, its latency estimate and the route's per-target metric how
+    /// this attempt went. `retry_on_status`: the route's; such an answer counts as a failure for
+    /// the latency estimate, so a target that answers 503 fast does not look fast and draw
+    /// traffic.
+    pub fn report(&self, upstream: &Upstream, metrics: &RouteMetrics, retry_on_status: &[u16]) {
+        upstream.observe(&self.target, self.error(), self.status());
+        // A pooled connection the upstream closed as we wrote (the keep-alive race) says
+        // nothing about the target's speed.
+        let race = self.error().is_some_and(|e| {
+            e.reused && !e.response_bytes && e.cause == Cause::ConnectionTerminated
+        });
+        if !race {
+            let now = Instant::now();
+            let failed = self.asks_retry(retry_on_status);
+            (self.target.latency).observe(self.duration, failed, now);
+        }
+        metrics.attempt(&self.target, self.status(), self.error().map(|e| e.cause));
+    }
+}
+
+/// One attempt on `target` within `per_try`: the outcome, and the request when none of it was
+/// sent (so the next attempt can send it as it is).
+pub async fn run(
+    target: Arc<Target>,
+    req: Request<UpstreamBody>,
+    per_try: Duration,
+) -> (AttemptOutcome, Option<Request<UpstreamBody>>) {
+    let started = Instant::now();
+    let mut progress = Progress::default();
+    let sent = tokio::time::timeout(per_try, send(&target, req, &mut progress)).await;
+    let (result, unsent) = match sent {
+        Ok(Ok(ok)) => (Ok(ok), None),
+        Ok(Err((err, back))) => (Err(err), back),
+        Err(_) => {
+            let detail = format!("{} after {}ms", target.addr, per_try.as_millis());
+            (Err(progress.timeout_error(detail)), None)
+        }
+    };
+    let outcome = AttemptOutcome {
+        target,
+        result,
+        reused: progress.reused,
+        duration: started.elapsed(),
+    };
+    (outcome, unsent)
+}
 
 /// What an attempt got to before it ended; read after a per-try timeout cancels it.
 #[derive(Default)]
@@ -65,8 +172,14 @@ pub async fn send(
     mut req: Request<UpstreamBody>,
     progress: &mut Progress,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
+    // A request that may not be resent keeps off connections near their idle limit.
+    let reuse = if retry::is_idempotent(req.method()) || retry::has_idempotency_key(req.headers()) {
+        Reuse::Any
+    } else {
+        Reuse::Fresh
+    };
     loop {
-        let mut conn = match target.pool.take_idle() {
+        let mut conn = match target.pool.take_idle(reuse) {
             Some(conn) => conn,
             None => match target.pool.connect().await {
                 Ok(conn) => conn,

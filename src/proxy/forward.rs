@@ -10,8 +10,8 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::attempt::{self, Progress};
 use super::headers;
+use super::hedge;
 use super::outcome::{Finish, RequestLog};
 use super::relay::{BodyEnd, ClientBody, Relay};
 use super::request::{self, RequestBody};
@@ -21,7 +21,7 @@ use super::upgrade::{self, Upgrade};
 use crate::cause::Cause;
 use crate::config::RouteConfig;
 use crate::gateway::snapshot::Snapshot;
-use crate::observe::access_log::{AccessLog, Attempt};
+use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::RouteMetrics;
 use crate::upstream::{Target, TriedTargets, Upstream};
 use arc_swap::ArcSwap;
@@ -153,7 +153,7 @@ async fn forward(
     let mut unsent: Option<Request<crate::body::UpstreamBody>> = None;
 
     loop {
-        let (target, in_flight) = match upstream.acquire(tried, deadline, &mut log.held).await {
+        let (target, mut in_flight) = match upstream.acquire(tried, deadline, &mut log.held).await {
             Ok(picked) => picked,
             Err(err) => return fail(log, err.cause, &err.detail),
         };
@@ -173,63 +173,50 @@ async fn forward(
             }
         }
 
-        let started = Instant::now();
         let per_try = route
             .config
             .per_try_timeout
-            .min(deadline.saturating_duration_since(started));
-        let mut progress = Progress::default();
-        let sent = tokio::time::timeout(per_try, attempt::send(&target, req, &mut progress)).await;
-        let result = match sent {
-            Ok(Ok(ok)) => Ok(ok),
-            Ok(Err((err, back))) => {
-                unsent = back;
-                Err(err)
-            }
-            Err(_) => {
-                let detail = format!("{} after {}ms", target.addr, per_try.as_millis());
-                Err(progress.timeout_error(detail))
-            }
-        };
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let hedge = hedge_for(
+            route,
+            &head,
+            body,
+            tried,
+            deadline,
+            host_from_target,
+            // A hedged upgrade would open two tunnels: only plain requests are hedged.
+            log.attempts.is_empty() && upgrade.is_none(),
+        );
+        let (outcome, back, hedged) = hedge::run(target, req, per_try, hedge).await;
+        unsent = back;
         // Released from the outage hold: the next held request may go now.
         log.held.end_turn();
-        let status = result.as_ref().ok().map(|(resp, _)| resp.status());
-        upstream.observe(&target, result.as_ref().err(), status);
-        log.attempts.push(Attempt {
-            target: target.addr.clone(),
-            cause: result.as_ref().err().map(|e| e.cause),
-            status: status.map(|s| s.as_u16()),
-            request_sent: result.as_ref().map_or_else(|e| e.request_sent, |_| true),
-            reused: progress.reused,
-            duration_ms: started.elapsed(),
-        });
-        let cause = result.as_ref().err().map(|e| e.cause);
-        route.metrics.attempt(&target, status, cause);
+        outcome.report(upstream, &route.metrics, &route.config.retry_on_status);
+        match hedged {
+            None => log.attempts.push(outcome.log_entry()),
+            Some(h) => {
+                log.attempts.extend(h.log);
+                tried.insert(h.hedge_target);
+                in_flight = h.won.unwrap_or(in_flight);
+            }
+        }
 
         // A response that is not a retryable status goes straight back to the client; a failure
         // or a retryable status asks the outage hold and the retry rule.
-        let retryable_status = matches!(&result, Ok((resp, _))
-            if route.config.retry_on_status.contains(&resp.status().as_u16()));
-        let refused = result
-            .as_ref()
-            .err()
-            .is_some_and(retry::refused_before_send);
+        let refused = outcome.error().is_some_and(retry::refused_before_send);
         // With `outage_hold = "0s"` a refusal stays the 502 that names it.
         let refused = refused && !upstream.config.outage_hold.is_zero();
         // Only a refusal needs to know (this walks the targets).
         let untried = refused && upstream.has_untried_routable(tried);
         let hold = retry::hold_instead(refused, untried, false);
-        let retry_in = if !hold && (result.is_err() || retryable_status) {
+        let retry_in = if !hold && outcome.asks_retry(&route.config.retry_on_status) {
             let now = Instant::now();
             let input = retry::RetryInput {
                 method: &head.method,
                 has_idempotency_key: idempotency_key,
                 route_allows_non_idempotent: route.config.retry_non_idempotent,
                 body_replayable: body.replayable() || unsent.is_some(),
-                outcome: match &result {
-                    Ok((resp, _)) => retry::Outcome::Status(resp.status()),
-                    Err(e) => retry::Outcome::Failed(e),
-                },
+                outcome: outcome.retry_outcome(),
                 retry_on_status: &route.config.retry_on_status,
                 attempts_made: (log.attempts.len() - before_hold) as u32,
                 max_retries: route.config.retries,
@@ -246,7 +233,7 @@ async fn forward(
             // Every target refused: wait for one to come back (R6) rather than answer 502.
             drop(in_flight);
             log.retry_stop = None;
-            let last = result.as_ref().err().map(|e| e.detail.clone());
+            let last = outcome.error().map(|e| e.detail.clone());
             if let Err(err) = upstream.wait_for_return(&mut log.held, deadline).await {
                 // Say what the targets last answered, not only that the hold ran out.
                 let detail = match last {
@@ -262,7 +249,8 @@ async fn forward(
             before_hold = log.attempts.len();
             continue;
         }
-        match (result, retry_in) {
+        let target = outcome.target;
+        match (outcome.result, retry_in) {
             (Ok((resp, conn)), None) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 log.target = Some(target.addr.clone());
                 // The socket now belongs to the tunnel: this connection never goes back.
@@ -298,6 +286,35 @@ async fn forward(
             }
         }
     }
+}
+
+/// The hedge of this attempt, when the route asks for one and it is safe: the first attempt of an
+/// idempotent (or keyed) request with a replayable body, and a retry left to spend on it.
+fn hedge_for<'a>(
+    route: &'a Route,
+    head: &http::request::Parts,
+    body: &mut RequestBody,
+    tried: TriedTargets,
+    deadline: Instant,
+    host_from_target: bool,
+    first: bool,
+) -> Option<hedge::Hedge<'a>> {
+    let after = route.config.hedge_after?;
+    let safe = retry::is_idempotent(&head.method) || retry::has_idempotency_key(&head.headers);
+    if !(first && safe && body.replayable() && route.config.retries > 0) {
+        return None;
+    }
+    Some(hedge::Hedge {
+        after,
+        req: Request::from_parts(clone_head(head), body.for_attempt()?),
+        host_from_target,
+        upstream: &route.upstream,
+        tried,
+        deadline,
+        budget: &route.budget,
+        metrics: &route.metrics,
+        retry_on_status: &route.config.retry_on_status,
+    })
 }
 
 /// Asks the retry rule (budget included) about a failed attempt; counts and logs its answer.

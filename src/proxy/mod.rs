@@ -4,6 +4,7 @@
 pub mod attempt;
 pub mod forward;
 pub mod headers;
+pub mod hedge;
 pub mod outcome;
 pub mod relay;
 pub mod request;

@@ -95,7 +95,7 @@ pub enum RetryReason {
     /// The request was written and the attempt failed without a response byte (reset, per-try
     /// timeout); the upstream may have executed it. Idempotent / keyed / opted-in only.
     SentNoResponse,
-    /// The upstream answered with a status in `retry_on_status`. Idempotent requests only.
+    /// The upstream answered with a status in `retry_on_status`. Idempotent or keyed requests only.
     Status,
 }
 
@@ -272,11 +272,12 @@ fn rule(input: &RetryInput<'_>) -> Result<RetryReason, StopReason> {
             if !input.retry_on_status.contains(&status.as_u16()) {
                 return Err(StopReason::NotRetryable);
             }
-            // The upstream did execute this request and gave a definite answer. Only a method
-            // whose repetition is harmless by definition may be sent again: an Idempotency-Key
-            // server replays its stored answer (or 409s), and the route opt-in covers unknown
-            // outcomes, not definite ones. See docs/retries.md.
-            if !is_idempotent(input.method) {
+            // The upstream received this request and answered. Sending it again is safe for a
+            // method whose repetition is harmless by definition, and for a request whose
+            // Idempotency-Key makes the upstream de-duplicate repeats (a target that is not
+            // ready answers 503 without executing; another target serves it). The route opt-in
+            // covers unknown outcomes, not definite ones. See docs/retries.md.
+            if !(is_idempotent(input.method) || input.has_idempotency_key) {
                 return Err(StopReason::NonIdempotent);
             }
             RetryReason::Status

@@ -11,7 +11,9 @@ pub mod balancer;
 pub mod connect;
 pub mod health;
 pub mod hold;
+mod idle_learn;
 pub mod io;
+pub mod latency;
 pub mod pool;
 mod target;
 pub mod tls;
@@ -148,6 +150,7 @@ impl Upstream {
             max_idle: config.max_idle_per_target,
             max_response_header_bytes: config.max_response_header_bytes,
             tls: tls.clone(),
+            learn_idle_timeout: config.learn_idle_timeout,
         };
         let changed = previous.map_or_else(|| Arc::new(Notify::new()), |(p, _)| p.changed.clone());
         let policy = Policy::from_upstream(&config);
@@ -309,6 +312,14 @@ impl Upstream {
         }
     }
 
+    /// A target this request has not tried, with a free slot, now or never (for a hedge).
+    pub fn try_acquire_untried(&self, tried: TriedTargets) -> Option<(Arc<Target>, InFlight)> {
+        match self.try_pick(tried) {
+            Pick::Got(target, slot) if !tried.contains(target.id) => Some((target, slot)),
+            _ => None,
+        }
+    }
+
     fn try_pick(&self, tried: TriedTargets) -> Pick {
         let now = Instant::now();
         let tried = tried.positions(&self.targets);
@@ -322,6 +333,7 @@ impl Upstream {
         let mut stack = [Candidate {
             weight: 0.0,
             in_flight: 0,
+            latency: 0.0,
         }; 16];
         let mut heap = Vec::new();
         let candidates: &mut [Candidate] = if self.targets.len() <= stack.len() {
@@ -345,6 +357,11 @@ impl Upstream {
             *slot = Candidate {
                 weight,
                 in_flight: t.in_flight(),
+                latency: if self.balancer.reads_latency() {
+                    t.latency.estimate(now)
+                } else {
+                    0.0
+                },
             };
         }
         // A slot can be taken between the look and the grab; pick again a few times.

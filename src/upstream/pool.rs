@@ -5,7 +5,11 @@
 //! read to the end; it is handed out again only if it is younger than its idle limit (the
 //! configured `idle_timeout`, shortened below the upstream's own `Keep-Alive: timeout=`) and its
 //! driver task has not seen the upstream close it. The driver task stays spawned while the
-//! connection idles, so an idle FIN from the upstream is noticed when it arrives, not at reuse.
+//! connection idles, so an idle FIN from the upstream is noticed when it arrives, not at reuse —
+//! and the idle age at which it came teaches the target's learned idle limit (`idle_learn`).
+//!
+//! Idle connections are kept in the order they came back, and handed out newest first (LIFO):
+//! the newest is the furthest from any idle timeout, and the oldest ones expire unused.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::connect::{Connector, Endpoint};
+use super::idle_learn::LearnedIdle;
 use super::io::{CountingIo, IoStats};
 use super::tls::TlsClient;
 use crate::body::UpstreamBody;
@@ -26,14 +31,48 @@ pub struct Conn {
     pub stats: Arc<IoStats>,
     /// Taken from the pool rather than freshly connected.
     pub reused: bool,
+    /// Shared with the connection's driver task.
+    idle_since: Arc<IdleSince>,
 }
 
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
     stats: Arc<IoStats>,
-    /// When this connection may no longer be handed out.
-    expires: Instant,
+    idle_since: Arc<IdleSince>,
+    /// When it came back to the pool.
+    since: Instant,
+    /// The `Keep-Alive: timeout=` its last response announced.
+    announced: Option<Duration>,
 }
+
+/// Since when a connection has been idle in the pool; `None` while it carries a request and once
+/// the pool has let go of it. Read by the driver task when the connection ends: a close while
+/// idle is the upstream's idle timeout.
+#[derive(Default)]
+struct IdleSince(Mutex<Option<Instant>>);
+
+impl IdleSince {
+    fn set(&self, since: Option<Instant>) {
+        *self.0.lock().expect("idle mark lock") = since;
+    }
+
+    fn get(&self) -> Option<Instant> {
+        *self.0.lock().expect("idle mark lock")
+    }
+}
+
+/// Which idle connections a request may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Any one below its idle limit: the request may be retried if the upstream closes it.
+    Any,
+    /// Not one in the last quarter of its idle limit: the request may not be resent, so it
+    /// takes a fresh connection rather than one that may be about to close.
+    Fresh,
+}
+
+/// A non-idempotent request takes an idle connection only below this share of its limit.
+const NEAR_LIMIT: f64 = 0.75;
 
 /// Settings a pool needs, copied from the upstream's config.
 #[derive(Debug, Clone)]
@@ -44,44 +83,89 @@ pub struct PoolSettings {
     pub max_response_header_bytes: usize,
     /// `protocol = "https"`: the upstream's TLS client.
     pub tls: Option<Arc<TlsClient>>,
+    /// Learn the idle age at which the upstream closes connections (`learn_idle_timeout`).
+    pub learn_idle_timeout: bool,
 }
 
 /// The idle connections of one target, and how to make new ones.
 pub struct TargetPool {
     endpoint: Endpoint,
     settings: PoolSettings,
+    /// Oldest first.
     idle: Mutex<Vec<Idle>>,
+    /// Shared with every connection's driver task.
+    learned: Arc<LearnedIdle>,
+    /// The latest `Keep-Alive: timeout=` the target announced, for status.
+    announced: Mutex<Option<Duration>>,
 }
 
 impl TargetPool {
     pub fn new(addr: Arc<str>, settings: PoolSettings) -> Self {
+        let learned = LearnedIdle::new(
+            settings.learn_idle_timeout,
+            settings.idle_timeout,
+            addr.clone(),
+        );
         Self {
             endpoint: Endpoint::new(&addr, settings.tls.as_ref()),
             settings,
             idle: Mutex::new(Vec::new()),
+            learned: Arc::new(learned),
+            announced: Mutex::new(None),
         }
     }
 
-    /// The most recently used idle connection that is still fresh and open, if any.
-    pub fn take_idle(&self) -> Option<Conn> {
+    /// The most recently used idle connection that is still below its idle limit and open, if
+    /// any. With [`Reuse::Fresh`], `None` when the newest one is in the last quarter of its limit
+    /// (the older ones are older still); those stay for requests that may be retried.
+    pub fn take_idle(&self, reuse: Reuse) -> Option<Conn> {
         let now = Instant::now();
+        let learned = self.learned.limit(now);
         let mut idle = self.idle.lock().expect("pool lock");
         while let Some(conn) = idle.pop() {
-            if conn.expires > now && !conn.sender.is_closed() {
+            let limit = self.limit(conn.announced, learned);
+            let age = now.saturating_duration_since(conn.since);
+            if age < limit && !conn.sender.is_closed() {
+                if reuse == Reuse::Fresh && age >= limit.mul_f64(NEAR_LIMIT) {
+                    idle.push(conn);
+                    return None;
+                }
+                conn.idle_since.set(None);
                 return Some(Conn {
                     sender: conn.sender,
                     stats: conn.stats,
                     reused: true,
+                    idle_since: conn.idle_since,
                 });
             }
-            // Dropping the sender closes the connection.
+            // Dropping the sender closes the connection: our close, not the upstream's.
+            conn.idle_since.set(None);
         }
         None
+    }
+
+    /// A connection's idle limit: the configured one, below the announced `Keep-Alive: timeout=`,
+    /// and below the learned one.
+    fn limit(&self, announced: Option<Duration>, learned: Option<Duration>) -> Duration {
+        let limit = idle_limit(self.settings.idle_timeout, announced);
+        learned.map_or(limit, |l| limit.min(l))
+    }
+
+    /// The idle limits of this target now: configured, announced (latest), learned.
+    pub fn idle_limits(&self) -> IdleLimits {
+        IdleLimits {
+            configured: self.settings.idle_timeout,
+            announced: *self.announced.lock().expect("pool lock"),
+            learned: self.learned.limit(Instant::now()),
+        }
     }
 
     /// Returns a connection whose response was read to the end. `upstream_keep_alive` is the
     /// `timeout=` the upstream announced; the connection expires a margin before it.
     pub fn put(&self, conn: Conn, upstream_keep_alive: Option<Duration>) {
+        if upstream_keep_alive.is_some() {
+            *self.announced.lock().expect("pool lock") = upstream_keep_alive;
+        }
         if conn.sender.is_closed() {
             return;
         }
@@ -89,15 +173,19 @@ impl TargetPool {
         if limit.is_zero() || self.settings.max_idle == 0 {
             return;
         }
+        let now = Instant::now();
+        conn.idle_since.set(Some(now));
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() >= self.settings.max_idle {
             // Keep the newest: the oldest is the one closest to its upstream's timeout.
-            idle.remove(0);
+            idle.remove(0).idle_since.set(None);
         }
         idle.push(Idle {
             sender: conn.sender,
             stats: conn.stats,
-            expires: Instant::now() + limit,
+            idle_since: conn.idle_since,
+            since: now,
+            announced: upstream_keep_alive,
         });
     }
 
@@ -123,18 +211,46 @@ impl TargetPool {
             .map_err(|e| {
                 UpstreamError::before_send(Cause::ProxyInternalError, Phase::Connect, e.to_string())
             })?;
+        let idle_since = Arc::new(IdleSince::default());
+        let (mark, learned) = (idle_since.clone(), self.learned.clone());
         tokio::spawn(async move {
             // A 101 hands the socket to the request's tunnel (proxy/upgrade.rs).
             if let Err(err) = conn.with_upgrades().await {
                 tracing::debug!(%err, "upstream connection ended");
+            }
+            // Still marked idle: the upstream closed it while it waited in the pool.
+            if let Some(since) = mark.get() {
+                let now = Instant::now();
+                learned.closed_idle(now.saturating_duration_since(since), now);
             }
         });
         Ok(Conn {
             sender,
             stats,
             reused: false,
+            idle_since,
         })
     }
+}
+
+impl Drop for TargetPool {
+    /// The connections dropped with the pool are closed by us, not by the upstream.
+    fn drop(&mut self) {
+        for conn in self.idle.get_mut().expect("pool lock").iter() {
+            conn.idle_since.set(None);
+        }
+    }
+}
+
+/// A target's idle limits, for `/status` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdleLimits {
+    /// `idle_timeout`.
+    pub configured: Duration,
+    /// The latest `Keep-Alive: timeout=` the target announced.
+    pub announced: Option<Duration>,
+    /// Learned from the idle age at which the target closed connections.
+    pub learned: Option<Duration>,
 }
 
 /// How long a pooled connection may idle: our limit, and never past the upstream's own

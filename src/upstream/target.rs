@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::health::state::{State, TargetHealth, Transition};
+use super::latency::PeakEwma;
 use super::pool::{PoolSettings, TargetPool};
 use crate::observe::metrics::TargetCounters;
 
@@ -36,6 +37,8 @@ pub struct Target {
     pub(super) changed: Arc<Notify>,
     /// Health transitions, for `/metrics`.
     pub counters: TargetCounters,
+    /// Decaying latency estimate, for the `peak_ewma` balancer.
+    pub latency: PeakEwma,
 }
 
 impl Target {
@@ -61,6 +64,7 @@ impl Target {
             last_change: Mutex::new(None),
             changed,
             counters: TargetCounters::default(),
+            latency: PeakEwma::new(Instant::now()),
         };
         target.refresh(&target.health.lock().expect("health lock"));
         target

@@ -192,6 +192,9 @@ async fn reset_after_reading_is_retried_for_get_not_for_post() {
     let good = upstream::ok("fine").await;
     let mut cfg = support::config(&[bad.addr, good.addr]);
     support::upstream_of(&mut cfg).passive.consecutive_failures = 0;
+    // Round robin keeps sending to the resetting target; peak_ewma (the default) would learn
+    // from the first reset to avoid it, and no POST would reach it.
+    support::upstream_of(&mut cfg).balance = gatewise::config::Balance::RoundRobin;
     let gw = support::start(cfg).await;
     let c = client();
     for _ in 0..4 {
@@ -297,7 +300,10 @@ async fn status_retry_moves_idempotent_requests_only() {
     })
     .await;
     let good = upstream::ok("up").await;
-    let cfg = support::config(&[failing.addr, good.addr]);
+    let mut cfg = support::config(&[failing.addr, good.addr]);
+    // Round robin keeps sending first attempts to the failing target; peak_ewma (the default)
+    // counts its 503s as failures and soon sends it nothing, so no POST would meet it.
+    support::upstream_of(&mut cfg).balance = gatewise::config::Balance::RoundRobin;
     let gw = support::start(cfg).await;
     let c = client();
     for _ in 0..4 {
@@ -318,6 +324,47 @@ async fn status_retry_moves_idempotent_requests_only() {
         }
     }
     assert!(passed_through);
+}
+
+#[tokio::test]
+async fn keyed_post_answered_503_by_a_target_not_ready_is_served_by_another() {
+    let not_ready = upstream::serve(|_| {
+        let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+            b"not ready",
+        )));
+        *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+        r
+    })
+    .await;
+    let good = upstream::echo().await;
+    let mut cfg = support::config(&[not_ready.addr, good.addr]);
+    // Round robin, so the not-ready target gets its share of first attempts (peak_ewma, the
+    // default, counts its 503s as failures and soon sends it nothing).
+    support::upstream_of(&mut cfg).balance = gatewise::config::Balance::RoundRobin;
+    let gw = support::start(cfg).await;
+    let c = client();
+    // Until the not-ready target has answered some of them (round robin starts anywhere).
+    let mut sent = 0;
+    while not_ready.stats.requests() < 2 {
+        sent += 1;
+        assert!(sent <= 10, "the not-ready target was never tried");
+        let body = format!("order-{sent}");
+        let req = http::Request::post(gw.url("/"))
+            .header("idempotency-key", format!("key-{sent}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.clone())))
+            .unwrap();
+        let (parts, got) = send(&c, req).await;
+        assert_eq!(parts.status, 200, "keyed POST {sent}");
+        assert_eq!(got, body.as_bytes());
+        let line = gw.next_log();
+        let attempts = line["attempts"].as_array().unwrap();
+        if attempts.len() == 2 {
+            assert_eq!(attempts[0]["status"], 503);
+            assert_eq!(attempts[1]["status"], 200);
+        }
+    }
+    // Every keyed POST reached the good target exactly once.
+    assert_eq!(good.stats.requests(), sent);
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod balance;
 mod chaos;
 mod config;
 mod demo;
@@ -13,6 +14,7 @@ mod explain;
 mod failover;
 mod health;
 mod hold;
+mod idle;
 mod metrics;
 mod proxy;
 mod reload;

@@ -74,7 +74,7 @@ fn watched(targets: &[SocketAddr]) -> String {
         "[admin]\nlisten = \"off\"\n\
          [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\
          [[route]]\nname = \"main\"\nupstream = \"app\"\n\
-         [upstream.app]\ntargets = [{}]\n",
+         [upstream.app]\nbalance = \"round_robin\"\ntargets = [{}]\n",
         list.join(", ")
     )
 }

@@ -41,6 +41,10 @@ pub const UPSTREAM_IDLE_CONNECTIONS: &str = "gatewise_upstream_idle_connections"
 pub const UPSTREAM_IDLE_CONNECTIONS_HELP: &str =
     "Idle keep-alive connections pooled for a target now";
 
+pub const UPSTREAM_IDLE_LIMIT: &str = "gatewise_upstream_idle_limit_seconds";
+pub const UPSTREAM_IDLE_LIMIT_HELP: &str =
+    "Idle limit of a target's pooled connections by source: configured, announced (Keep-Alive: timeout=) and learned (from the idle age at which the target closed connections)";
+
 pub const QUEUE_DEPTH: &str = "gatewise_queue_depth";
 pub const QUEUE_DEPTH_HELP: &str =
     "Requests waiting for a free slot on an upstream (every target at max_connections)";

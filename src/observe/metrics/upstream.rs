@@ -245,6 +245,27 @@ impl Collector for UpstreamCollector {
             |t| vec![("", i64::try_from(t.pool.idle_count()).unwrap_or(i64::MAX))],
             gauge,
         )?;
+        self.per_target(
+            e,
+            (
+                names::UPSTREAM_IDLE_LIMIT,
+                names::UPSTREAM_IDLE_LIMIT_HELP,
+                Gauge,
+            ),
+            "source",
+            |t| {
+                let l = t.pool.idle_limits();
+                [
+                    ("configured", Some(l.configured)),
+                    ("announced", l.announced),
+                    ("learned", l.learned),
+                ]
+                .into_iter()
+                .filter_map(|(source, d)| Some((source, d?.as_secs_f64())))
+                .collect()
+            },
+            |v: &f64, e| ConstGauge::new(*v).encode(e),
+        )?;
 
         let mut depth =
             e.encode_descriptor(names::QUEUE_DEPTH, names::QUEUE_DEPTH_HELP, None, Gauge)?;

@@ -204,7 +204,12 @@ fn table() -> Vec<Case> {
         case("get 429 in custom list", get.clone(), Ended::Status(429), Retry(Status)).statuses(&[429]),
         case("get 503 not in custom list", get.clone(), Ended::Status(503), Stop(NotRetryable)).statuses(&[429]),
         case("post 503", post.clone(), Ended::Status(503), Stop(NonIdempotent)),
-        case("post 503 + key", post.clone(), Ended::Status(503), Stop(NonIdempotent)).key(),
+        case("post 503 + key", post.clone(), Ended::Status(503), Retry(Status)).key(),
+        case("post 503 + key, body not buffered", post.clone(), Ended::Status(503), Stop(BodyNotReplayable))
+            .key().unreplayable(),
+        case("post 500 + key, not in list", post.clone(), Ended::Status(500), Stop(NotRetryable)).key(),
+        case("post 503 + key, retries used", post.clone(), Ended::Status(503), Stop(AttemptsExhausted))
+            .key().attempts(3, 2),
         case("post 503 + opt-in", post.clone(), Ended::Status(503), Stop(NonIdempotent)).opt_in(),
         case("put 503, body not buffered", put.clone(), Ended::Status(503), Stop(BodyNotReplayable)).unreplayable(),
         // Limits: attempts, then the deadline.
