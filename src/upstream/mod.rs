@@ -65,6 +65,8 @@ pub struct Upstream {
     pub counters: Arc<UpstreamCounters>,
     /// `protocol = "https"`: the TLS client its pools and health checks share.
     tls: Option<Arc<TlsClient>>,
+    /// Per target: kept from the previous config by a reload, health already known.
+    kept: Vec<bool>,
 }
 
 /// Targets one request has tried, by id: positions in an upstream's list can change with a
@@ -155,6 +157,7 @@ impl Upstream {
         let changed = previous.map_or_else(|| Arc::new(Notify::new()), |(p, _)| p.changed.clone());
         let policy = Policy::from_upstream(&config);
         let serving = previous.is_some_and(|(p, _)| p.has_routable_target());
+        let mut kept_flags = Vec::with_capacity(config.targets.len());
         let targets = config
             .targets
             .iter()
@@ -162,6 +165,7 @@ impl Upstream {
                 let kept = previous
                     .filter(|(_, keep)| *keep)
                     .and_then(|(p, _)| p.targets.iter().find(|t| &*t.addr == addr.as_str()));
+                kept_flags.push(kept.is_some());
                 if let Some(t) = kept {
                     return t.clone();
                 }
@@ -190,6 +194,7 @@ impl Upstream {
             .map_or(crate::config::defaults::HEALTH_INTERVAL, |h| h.interval);
         Ok(Self {
             tls,
+            kept: kept_flags,
             ever_routable: AtomicBool::new(ever_routable),
             routable_since,
             warned_never_healthy: AtomicBool::new(false),
@@ -457,7 +462,8 @@ impl Upstream {
             let first: Vec<AtomicBool> = addrs.iter().map(|_| AtomicBool::new(true)).collect();
             let pace = self.pace.clone();
             let prober = health::active::ConfiguredProbe::new(cfg, self.tls.clone());
-            tokio::spawn(health::active::run_checks_paced(addrs, pace, prober, move |i, outcome| {
+            let known = self.kept.clone();
+            tokio::spawn(health::active::run_checks_known(addrs, known, pace, prober, move |i, outcome| {
                 let target = &me.targets[i];
                 let first_result = first[i].swap(false, Ordering::Relaxed);
                 if !outcome.ok && first_result {

@@ -364,3 +364,27 @@ async fn a_websocket_tunnel_survives_a_reload_that_removes_its_upstream() {
     ws.send(Message::text("after")).await.unwrap();
     assert_eq!(next(&mut ws).await, Message::text("after"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untouched_targets_need_no_new_health_check_round_after_a_reload() {
+    let (a, b) = (upstream::ok("a").await, upstream::ok("b").await);
+    // TCP checks once a minute: every accept an upstream sees here is a check.
+    let checked = |targets: &[SocketAddr]| {
+        app(targets)
+            + "[upstream.app.health]\ntype = \"tcp\"\ninterval = \"60s\"\nrise = 1\nfall = 1\n"
+    };
+    let gw = start("checks", &checked(&[a.addr])).await;
+    a.stats.wait_for(|s| s.accepts() >= 1).await;
+    let url = format!("http://{}/", gw.addrs[0]);
+    wait_until(|| gw.shared.not_ready().is_none()).await;
+    std::fs::write(&gw.path, checked(&[a.addr, b.addr])).unwrap();
+    let outcome = gw.shared.reload("test").await;
+    assert!(outcome.ok, "{outcome:?}");
+    // The new target is checked at once; the kept one keeps its state and its schedule.
+    b.stats.wait_for(|s| s.accepts() >= 1).await;
+    assert_eq!(a.stats.accepts(), 1, "no new check of the untouched target");
+    assert_eq!(get(&client(), &url).await.0.status, 200);
+    let status = gw.shared.snapshot.load();
+    let target = &status.upstreams["app"].targets[0];
+    assert_eq!(target.state().as_str(), "healthy");
+}

@@ -247,6 +247,20 @@ pub async fn run_checks_paced<P: Prober>(
     prober: P,
     report: impl Fn(usize, ProbeOutcome) + Send + Sync + 'static,
 ) {
+    let known = vec![false; targets.len()];
+    run_checks_known(targets, known, pace, prober, report).await
+}
+
+/// [`run_checks_paced`] where `known[i]` says target `i`'s health is already known (a target kept
+/// by a reload): its first check waits one interval instead of running at once, so a reload
+/// costs untouched targets no extra round of checks.
+pub async fn run_checks_known<P: Prober>(
+    targets: Vec<String>,
+    known: Vec<bool>,
+    pace: Arc<Pace>,
+    prober: P,
+    report: impl Fn(usize, ProbeOutcome) + Send + Sync + 'static,
+) {
     let prober = Arc::new(prober);
     let report = Arc::new(report);
     // The JoinSet aborts every per-target task when this future is dropped.
@@ -255,7 +269,11 @@ pub async fn run_checks_paced<P: Prober>(
         let prober = Arc::clone(&prober);
         let report = Arc::clone(&report);
         let pace = Arc::clone(&pace);
+        let known = known.get(index).copied().unwrap_or(false);
         tasks.spawn(async move {
+            if known {
+                sleep_until(Instant::now() + jittered(pace.interval())).await;
+            }
             loop {
                 let started = Instant::now();
                 let outcome = prober.probe(&target).await;
