@@ -128,21 +128,9 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let idle_wait = match args
-        .idle_wait
-        .as_deref()
-        .map(config::parse_duration)
-        .transpose()
-    {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("gatewise doctor: --idle-wait: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let Ok(rt) = runtime() else {
-        eprintln!("gatewise doctor: cannot start the runtime");
-        return ExitCode::from(2);
+    let (idle_wait, rt) = match idle_wait_and_runtime(args) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     // Every target at once, each with its own idle wait (its upstream's idle_timeout + 2 s).
     let targets = targets
@@ -159,23 +147,31 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
     print(&report, args.json)
 }
 
-/// `gatewise doctor --nginx FILE`.
-fn run_nginx(path: &std::path::Path, args: &DoctorArgs) -> ExitCode {
-    let idle_wait = match args
+/// `--idle-wait` parsed, and a runtime to probe on; or the exit code after saying why not.
+fn idle_wait_and_runtime(
+    args: &DoctorArgs,
+) -> Result<(Option<Duration>, tokio::runtime::Runtime), ExitCode> {
+    let idle_wait = args
         .idle_wait
         .as_deref()
         .map(config::parse_duration)
         .transpose()
-    {
-        Ok(w) => w,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("gatewise doctor: --idle-wait: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let Ok(rt) = runtime() else {
+            ExitCode::from(2)
+        })?;
+    let rt = runtime().map_err(|_| {
         eprintln!("gatewise doctor: cannot start the runtime");
-        return ExitCode::from(2);
+        ExitCode::from(2)
+    })?;
+    Ok((idle_wait, rt))
+}
+
+/// `gatewise doctor --nginx FILE`.
+fn run_nginx(path: &std::path::Path, args: &DoctorArgs) -> ExitCode {
+    let (idle_wait, rt) = match idle_wait_and_runtime(args) {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     match rt.block_on(nginx::doctor(path, args.requests, idle_wait)) {
         Ok(report) => print(&report, args.json),
