@@ -471,7 +471,15 @@ impl Live {
         self.shared
             .metrics
             .set_upstreams(snapshot.upstreams.values());
-        self.shared.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.shared.snapshot.store(snapshot.clone());
+        // Requests still waiting on a replaced upstream (held, queued) move to its successor.
+        for (name, before) in &old.upstreams {
+            match snapshot.upstreams.get(name) {
+                Some(after) if !Arc::ptr_eq(before, after) => before.succeeded_by(after.clone()),
+                _ => {}
+            }
+        }
         // Listeners: kept ones take their new settings; the rest are replaced or retired.
         let mut next = Vec::with_capacity(new_config.listeners.len());
         for lc in &new_config.listeners {

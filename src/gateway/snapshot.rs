@@ -94,6 +94,11 @@ impl Snapshot {
         self.tables.get(listener)?.find(host, path)
     }
 
+    /// Whether the config has this listener (routes are kept per listener).
+    pub fn has_listener(&self, listener: &str) -> bool {
+        self.config.listeners.iter().any(|l| l.name == listener)
+    }
+
     /// `None` when every route has a target that can take traffic; otherwise why not.
     pub fn not_ready(&self) -> Option<String> {
         self.routes

@@ -90,11 +90,22 @@ pub async fn handle(
         .or_else(|| head.headers.get(HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("");
     // The snapshot is read once per request; a reload during the request does not move it.
-    let route = state
-        .snapshot
-        .load()
-        .route(&state.name, host, head.uri.path())
-        .cloned();
+    let snapshot = state.snapshot.load();
+    let route = snapshot.route(&state.name, host, head.uri.path()).cloned();
+    if route.is_none() && !snapshot.has_listener(&state.name) {
+        // A keep-alive connection of a listener a reload removed: not "no route" (a 404 the
+        // client would believe) but "go elsewhere", and the connection closes after this.
+        drop(snapshot);
+        log.metrics = Some(state.unrouted.clone());
+        let detail = format!("listener {} was removed by a reload", state.name);
+        let mut resp = fail(log, Cause::DestinationUnavailable, &detail);
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        return resp;
+    }
+    drop(snapshot);
     let Some(route) = route else {
         let detail = format!("no route for host {host:?} path {:?}", head.uri.path());
         log.metrics = Some(state.unrouted.clone());
@@ -139,7 +150,9 @@ async fn forward(
     mut log: RequestLog,
     mut upgrade: Option<Upgrade>,
 ) -> Response<ClientBody> {
-    let upstream = &route.upstream;
+    // A reload may replace the upstream while this request waits (held, queued): it then moves
+    // to the successor rather than waiting on targets nobody checks any more.
+    let mut upstream: Arc<Upstream> = route.upstream.clone();
     let deadline = log.start + route.config.timeout;
     let idempotency_key = retry::has_idempotency_key(&head.headers);
     let host_from_target = !head.headers.contains_key(HOST);
@@ -153,8 +166,12 @@ async fn forward(
     let mut unsent: Option<Request<crate::body::UpstreamBody>> = None;
 
     loop {
+        if let Some(next) = upstream.successor() {
+            upstream = next;
+        }
         let (target, mut in_flight) = match upstream.acquire(tried, deadline, &mut log.held).await {
             Ok(picked) => picked,
+            Err(_) if upstream.successor().is_some() => continue,
             Err(err) => return fail(log, err.cause, &err.detail),
         };
         tried.insert(target.id);
@@ -191,7 +208,7 @@ async fn forward(
         unsent = back;
         // Released from the outage hold: the next held request may go now.
         log.held.end_turn();
-        outcome.report(upstream, &route.metrics, &route.config.retry_on_status);
+        outcome.report(&upstream, &route.metrics, &route.config.retry_on_status);
         match hedged {
             None => log.attempts.push(outcome.log_entry()),
             Some(h) => {
@@ -206,6 +223,8 @@ async fn forward(
         let refused = outcome.error().is_some_and(retry::refused_before_send);
         // With `outage_hold = "0s"` a refusal stays the 502 that names it.
         let refused = refused && !upstream.config.outage_hold.is_zero();
+        // Only a request that can be sent again is worth holding.
+        let refused = refused && (body.replayable() || unsent.is_some());
         // Only a refusal needs to know (this walks the targets).
         let untried = refused && upstream.has_untried_routable(tried);
         let hold = retry::hold_instead(refused, untried, false);
@@ -300,7 +319,9 @@ fn hedge_for<'a>(
     first: bool,
 ) -> Option<hedge::Hedge<'a>> {
     let after = route.config.hedge_after?;
-    let safe = retry::is_idempotent(&head.method) || retry::has_idempotency_key(&head.headers);
+    // Idempotent methods only: an Idempotency-Key makes a repeat *after* the first safe, not two
+    // copies at once (a keyed server answers the second 409 while the first runs).
+    let safe = retry::is_idempotent(&head.method);
     if !(first && safe && body.replayable() && route.config.retries > 0) {
         return None;
     }

@@ -185,6 +185,12 @@ impl Upstream {
             () = changed => true,
             () = tokio::time::sleep_until(retry_at) => retry_at < until,
         };
+        // Replaced by a reload: the caller moves to the successor at once.
+        if woken && self.successor().is_some() {
+            drop(slot);
+            held.stop();
+            return Ok(());
+        }
         if woken {
             self.take_turn(held, until).await;
         }

@@ -48,7 +48,7 @@ pub struct Upstream {
     /// Requests waiting in the queue now.
     queued: AtomicUsize,
     /// Serialises passive-health decisions that may eject a target.
-    eject_lock: std::sync::Mutex<()>,
+    eject_lock: Arc<std::sync::Mutex<()>>,
     /// Some target has been routable since start; until then `/ready` and the 503s say the
     /// upstream has never been healthy.
     ever_routable: AtomicBool,
@@ -58,7 +58,10 @@ pub struct Upstream {
     /// "Never healthy" is logged once, at the first request it turns away.
     warned_never_healthy: AtomicBool,
     /// Requests waiting for a target to come back (R6).
-    pub hold: Hold,
+    pub hold: Arc<Hold>,
+    /// Set when a reload replaced this upstream: requests still working on it (held, queued)
+    /// move to the successor.
+    successor: arc_swap::ArcSwapOption<Upstream>,
     /// How often active checks run now: faster while nothing serves (H6).
     pace: Arc<Pace>,
     /// Queue rejections, for `/metrics`.
@@ -165,14 +168,19 @@ impl Upstream {
                 let kept = previous
                     .filter(|(_, keep)| *keep)
                     .and_then(|(p, _)| p.targets.iter().find(|t| &*t.addr == addr.as_str()));
-                kept_flags.push(kept.is_some());
                 if let Some(t) = kept {
+                    kept_flags.push(true);
                     return t.clone();
                 }
-                let health = if serving {
-                    TargetHealth::added(policy, Instant::now())
-                } else {
-                    TargetHealth::new(policy)
+                // Same address, but how it is reached or judged changed: a new target (new
+                // pool), whose health starts where the old one's was, under the new thresholds.
+                let same_address = previous
+                    .and_then(|(p, _)| p.targets.iter().find(|t| &*t.addr == addr.as_str()));
+                kept_flags.push(same_address.is_some());
+                let health = match same_address {
+                    Some(old) => old.health_now().with_policy(policy),
+                    None if serving => TargetHealth::added(policy, Instant::now()),
+                    None => TargetHealth::new(policy),
                 };
                 Arc::new(Target::new(
                     addr,
@@ -183,9 +191,12 @@ impl Upstream {
                 ))
             })
             .collect::<Vec<Arc<Target>>>();
-        let ever_routable = targets.iter().any(|t| t.routable());
+        let ever_routable = targets.iter().any(|t| t.routable())
+            || previous.is_some_and(|(p, _)| !p.never_healthy());
         let routable_since = OnceLock::new();
-        if ever_routable {
+        if let Some(since) = previous.and_then(|(p, _)| p.routable_since.get().copied()) {
+            let _ = routable_since.set(since);
+        } else if ever_routable {
             let _ = routable_since.set(Instant::now());
         }
         let interval = config
@@ -198,17 +209,48 @@ impl Upstream {
             ever_routable: AtomicBool::new(ever_routable),
             routable_since,
             warned_never_healthy: AtomicBool::new(false),
-            hold: Hold::default(),
-            pace: Arc::new(Pace::new(interval)),
+            // Requests held by the upstream this one replaces stay in the same hold (bounds,
+            // turns, counters), and the checks keep its pace.
+            hold: previous.map_or_else(Arc::default, |(p, _)| p.hold.clone()),
+            pace: match previous {
+                Some((p, _)) if p.pace.normal() == interval => p.pace.clone(),
+                _ => Arc::new(Pace::new(interval)),
+            },
+            successor: arc_swap::ArcSwapOption::empty(),
             name: Arc::from(name),
             balancer: Balancer::new(config.balance),
             config,
             targets,
             changed,
             queued: AtomicUsize::new(0),
-            eject_lock: std::sync::Mutex::new(()),
+            eject_lock: previous.map_or_else(Arc::default, |(p, _)| p.eject_lock.clone()),
             counters: previous.map_or_else(Arc::default, |(p, _)| p.counters.clone()),
         })
+    }
+
+    /// A reload replaced this upstream by `next`: requests waiting here move over.
+    pub fn succeeded_by(&self, next: Arc<Upstream>) {
+        self.successor.store(Some(next));
+        self.changed.notify_waiters();
+    }
+
+    /// The upstream serving in this one's place after reloads, if a reload replaced it.
+    pub fn successor(&self) -> Option<Arc<Upstream>> {
+        let mut next = self.successor.load_full()?;
+        while let Some(further) = next.successor.load_full() {
+            next = further;
+        }
+        Some(next)
+    }
+
+    /// The error a request waiting here gets when a reload replaced the upstream; the forward
+    /// loop moves it to the successor instead of answering it.
+    fn replaced(&self) -> UpstreamError {
+        UpstreamError::before_send(
+            Cause::DestinationUnavailable,
+            Phase::Queue,
+            format!("{}: replaced by a reload", self.name),
+        )
     }
 
     /// The target with this id, if it is still in this upstream.
@@ -297,6 +339,9 @@ impl Upstream {
             };
             tokio::select! {
                 () = &mut changed => {
+                    if self.successor.load().is_some() {
+                        return Err(self.replaced());
+                    }
                     if let Some((_, until)) = &hold {
                         // Leaving the hold: in arrival order, a wave at a time.
                         self.take_turn(held, *until).await;

@@ -106,6 +106,11 @@ impl Target {
         }
     }
 
+    /// A copy of the health facts (a reload seeds a replacement target at the same address).
+    pub(super) fn health_now(&self) -> TargetHealth {
+        self.health.lock().expect("health lock").clone()
+    }
+
     pub fn state(&self) -> State {
         self.health.lock().expect("health lock").state()
     }

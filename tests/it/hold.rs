@@ -364,6 +364,9 @@ async fn two_targets_passing_first_checks_together_share_the_first_100_requests_
     let nodes = fleet(2).await;
     let mut cfg = config_for(&nodes, health(1000, 2, 2));
     support::upstream_of(&mut cfg).slow_start = Duration::from_secs(10);
+    // Round robin: what is tested is the weights (both full), not peak-EWMA's latency
+    // preference, which under sequential load rightly favours whichever answers faster.
+    support::upstream_of(&mut cfg).balance = gatewise::config::Balance::RoundRobin;
     let gw = support::start(cfg).await;
     let c = client();
     for _ in 0..100 {

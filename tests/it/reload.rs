@@ -388,3 +388,26 @@ async fn untouched_targets_need_no_new_health_check_round_after_a_reload() {
     let target = &status.upstreams["app"].targets[0];
     assert_eq!(target.state().as_str(), "healthy");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_held_in_an_outage_is_served_by_the_targets_a_reload_brings() {
+    let dead = upstream::closed_port().await;
+    let live = upstream::ok("live").await;
+    let checked = |target: SocketAddr| {
+        app(&[target]) + "[upstream.app.health]\ntype = \"tcp\"\ninterval = \"60s\"\n"
+    };
+    let gw = start("held", &checked(dead)).await;
+    let url = format!("http://{}/", gw.addrs[0]);
+    // Held: the only target never came up (its check failed, the next is a minute away).
+    let held = tokio::spawn(async move { get(&client(), &url).await });
+    wait_until(|| gw.shared.snapshot.load().upstreams["app"].hold.depth() == 1).await;
+    std::fs::write(&gw.path, checked(live.addr)).unwrap();
+    let outcome = gw.shared.reload("test").await;
+    assert!(outcome.ok, "{outcome:?}");
+    // It moves to the new upstream and is served there, long before its 10 s hold ends.
+    let (parts, body) = tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("served before the hold ran out")
+        .unwrap();
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"live"[..]));
+}

@@ -239,6 +239,12 @@ impl TargetHealth {
         h
     }
 
+    /// The same facts judged by other thresholds (a reload changed them).
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     pub fn policy(&self) -> &Policy {
         &self.policy
     }
