@@ -94,6 +94,8 @@ pub async fn handle(
         Err((cause, detail)) => return fail(log, cause, &detail),
     };
     log.bytes_in = body.known_len(&head);
+    let length = body.length(&head);
+    super::framing::request(&mut head.headers, length);
     forward(route, request::upstream_head(head), &mut body, log).await
 }
 
@@ -254,6 +256,15 @@ fn relay(
 ) -> Response<ClientBody> {
     let (mut parts, body) = resp.into_parts();
     let (keep_alive, close) = headers::prepare_response(&mut parts.headers);
+    if let Err(detail) = super::framing::response(&log.method, parts.status, &mut parts.headers) {
+        // The body is never read: this connection is not reused.
+        log.target = Some(target.addr.clone());
+        return fail(
+            log,
+            Cause::HttpProtocolError,
+            &format!("{}: {detail}", target.addr),
+        );
+    }
     parts.version = http::Version::HTTP_11;
     if parts.status.is_server_error() {
         parts.headers.insert(

@@ -27,7 +27,7 @@ pub fn validate(head: &Parts) -> Result<(), &'static str> {
     if head.method == Method::CONNECT {
         return Err("CONNECT is not supported");
     }
-    Ok(())
+    super::framing::check_request(&head.headers)
 }
 
 /// The request body, kept so it can be sent again, or streamed once.
@@ -82,6 +82,15 @@ impl RequestBody {
         match self {
             RequestBody::Replayable(b) => b.len() as u64,
             RequestBody::Stream(_) => declared_length(head).unwrap_or(0),
+        }
+    }
+
+    /// The body's length when known (what [`super::framing::request`] sends upstream); `None`
+    /// for a body of unknown length that streams.
+    pub fn length(&self, head: &Parts) -> Option<u64> {
+        match self {
+            RequestBody::Replayable(b) => Some(b.len() as u64),
+            RequestBody::Stream(_) => declared_length(head),
         }
     }
 

@@ -8,6 +8,7 @@ mod demo;
 mod drain;
 mod explain;
 mod failover;
+mod framing;
 mod health;
 mod metrics;
 mod proxy;

@@ -4,6 +4,7 @@
 pub mod node;
 pub mod traffic;
 pub mod upstream;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
