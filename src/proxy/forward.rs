@@ -49,6 +49,10 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ClientBody> {
     let (mut head, body) = req.into_parts();
+    let invalid = request::validate(&head).err();
+    // One authority for everything below: routing, Host upstream, X-Forwarded-Host,
+    // Forwarded host= and the access log.
+    request::authority_as_host(&mut head);
     let mut log = RequestLog {
         log: state.access_log.clone(),
         start: Instant::now(),
@@ -68,7 +72,7 @@ pub async fn handle(
         metrics: None,
         emitted: false,
     };
-    if let Err(reason) = request::validate(&head) {
+    if let Some(reason) = invalid {
         log.metrics = Some(state.unrouted.clone());
         return fail(log, Cause::HttpRequestError, reason);
     }

@@ -9,6 +9,7 @@ mod drain;
 mod explain;
 mod failover;
 mod framing;
+mod hardening;
 mod health;
 mod metrics;
 mod proxy;
