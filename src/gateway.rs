@@ -97,6 +97,8 @@ impl Gateway {
                 routes: RouteTable::new(entries),
                 access_log: access_log.clone(),
                 unrouted: metrics.unrouted(),
+                expose_details: lc.expose_details,
+                allow_trace: lc.allow_trace,
             });
             listeners.push((lc.clone(), socket, state));
         }

@@ -30,6 +30,8 @@ pub(super) fn listener_configs(
             header_read_timeout,
             max_header_bytes,
             max_headers,
+            expose_details,
+            allow_trace,
         } = l;
         let f = |key: &str| format!("listener[{i}].{key}");
         let name = match name {
@@ -94,6 +96,8 @@ pub(super) fn listener_configs(
                 defaults::MAX_HEADER_BYTES,
             ),
             max_headers: cx.nonzero(max_headers, &f("max_headers"), defaults::MAX_HEADERS),
+            expose_details: expose_details.unwrap_or(defaults::EXPOSE_DETAILS),
+            allow_trace: allow_trace.unwrap_or(defaults::ALLOW_TRACE),
         });
     }
     if out.is_empty() && complete {

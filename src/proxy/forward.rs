@@ -15,7 +15,8 @@ use super::headers;
 use super::outcome::{Finish, RequestLog};
 use super::relay::{BodyEnd, ClientBody, Relay};
 use super::request::{self, RequestBody};
-use super::response::{error_response, received_status, PROXY_STATUS};
+use super::response::PROXY_STATUS;
+use super::response::{error_response, public_detail, received_status, trusted_client};
 use super::retry;
 use crate::cause::Cause;
 use crate::config::RouteConfig;
@@ -40,6 +41,10 @@ pub struct ListenerState {
     pub access_log: AccessLog,
     /// Counts requests rejected before a route matched.
     pub unrouted: Arc<RouteMetrics>,
+    /// The listener's `expose_details`: every client may read upstream details in errors.
+    pub expose_details: bool,
+    /// The listener's `allow_trace`.
+    pub allow_trace: bool,
 }
 
 /// Handles one client request; never fails: every error becomes a response with its cause.
@@ -71,10 +76,24 @@ pub async fn handle(
         attempts: Vec::new(),
         metrics: None,
         emitted: false,
+        trusted_client: trusted_client(state.expose_details, client.ip()),
     };
     if let Some(reason) = invalid {
         log.metrics = Some(state.unrouted.clone());
         return fail(log, Cause::HttpRequestError, reason);
+    }
+    if head.method == http::Method::TRACE && !state.allow_trace {
+        // TRACE echoes the request back, cookies and credentials included (cross-site tracing):
+        // refused as nginx does, unless the listener allows it.
+        log.metrics = Some(state.unrouted.clone());
+        let mut resp = error_response(
+            Cause::HttpRequestError,
+            "TRACE is refused on this listener (allow_trace = false)",
+            0,
+            &log.request_id,
+        );
+        *resp.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+        return generated(log, Cause::HttpRequestError, resp);
     }
     let host = head
         .uri
@@ -273,7 +292,10 @@ fn relay(
     if parts.status.is_server_error() {
         parts.headers.insert(
             PROXY_STATUS.clone(),
-            received_status(parts.status.as_u16(), &target.addr),
+            received_status(
+                parts.status.as_u16(),
+                log.trusted_client.then_some(&*target.addr),
+            ),
         );
     }
     log.status = parts.status.as_u16();
@@ -294,8 +316,18 @@ fn relay(
 }
 
 /// Ends a request with a response gatewise generates, and logs it.
-fn fail(mut log: RequestLog, cause: Cause, detail: &str) -> Response<ClientBody> {
-    let resp = error_response(cause, detail, log.attempts.len(), &log.request_id);
+fn fail(log: RequestLog, cause: Cause, detail: &str) -> Response<ClientBody> {
+    let shown = public_detail(cause, detail, log.trusted_client);
+    let resp = error_response(cause, shown, log.attempts.len(), &log.request_id);
+    generated(log, cause, resp)
+}
+
+/// Logs a response gatewise generated and returns it.
+fn generated(
+    mut log: RequestLog,
+    cause: Cause,
+    resp: Response<ClientBody>,
+) -> Response<ClientBody> {
     log.status = resp.status().as_u16();
     log.cause = Some(cause);
     let len = match resp.body() {

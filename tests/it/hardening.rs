@@ -36,3 +36,133 @@ async fn absolute_form_target_authority_is_the_one_host_everywhere() {
     assert_eq!(msg.status(), 404, "{msg:?}");
     assert_eq!(gw.next_log()["host"], "h.test");
 }
+
+/// This host's address on a non-loopback interface, for a client the gateway must treat as
+/// remote (no packet is sent: connecting a UDP socket only picks the route's source address).
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe.connect("192.0.2.1:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[tokio::test]
+async fn generated_502_keeps_upstream_address_from_remote_clients() {
+    // Before: every client read the upstream's address in Proxy-Status details and the body.
+    let Some(remote_ip) = non_loopback_ip() else {
+        panic!("this test needs a non-loopback interface to connect from");
+    };
+    let refused = upstream::closed_port().await;
+    let hidden = refused.to_string();
+    for expose in [false, true] {
+        let mut cfg = support::config(&[refused]);
+        cfg.listeners[0].listen = "0.0.0.0:0".parse().unwrap();
+        cfg.listeners[0].expose_details = expose;
+        let gw = support::start(cfg).await;
+        let request =
+            b"GET /x HTTP/1.1\r\nHost: a\r\nX-Request-Id: rid-7\r\nConnection: close\r\n\r\n";
+
+        let remote = wire::response((remote_ip, gw.addr.port()).into(), request).await;
+        let line = gw.next_log();
+        let client = line["client"].as_str().unwrap();
+        assert!(client.contains(&remote_ip.to_string()), "{line}");
+        assert_eq!(
+            line["attempts"][0]["target"], hidden,
+            "the log always has it: {line}"
+        );
+        let ps = remote.header("proxy-status").unwrap().to_string();
+        assert!(ps.starts_with("gatewise; error=connection_refused"), "{ps}");
+        let body = String::from_utf8_lossy(&remote.body).to_string();
+        assert!(
+            body.contains("connection_refused") && body.contains("rid-7"),
+            "{body}"
+        );
+        assert_eq!(remote.header("x-request-id"), Some("rid-7"));
+        assert_eq!(
+            ps.contains(&hidden),
+            expose,
+            "expose_details={expose}: {ps}"
+        );
+        assert_eq!(
+            body.contains(&hidden),
+            expose,
+            "expose_details={expose}: {body}"
+        );
+
+        // A client on loopback is an operator on this host: it gets the details.
+        let local = wire::response(
+            (std::net::Ipv4Addr::LOCALHOST, gw.addr.port()).into(),
+            request,
+        )
+        .await;
+        let _ = gw.next_log();
+        assert!(
+            local.header("proxy-status").unwrap().contains(&hidden),
+            "{local:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn upstream_5xx_passed_through_names_no_next_hop_to_remote_clients() {
+    let Some(remote_ip) = non_loopback_ip() else {
+        panic!("this test needs a non-loopback interface to connect from");
+    };
+    let up =
+        wire::canned(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy").await;
+    let mut cfg = support::config(&[up.addr]);
+    cfg.listeners[0].listen = "0.0.0.0:0".parse().unwrap();
+    let gw = support::start(cfg).await;
+    let request = b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    let remote = wire::response((remote_ip, gw.addr.port()).into(), request).await;
+    assert_eq!(remote.status(), 503);
+    assert_eq!(
+        remote.header("proxy-status"),
+        Some("gatewise; received-status=503"),
+        "{remote:?}"
+    );
+    let local = wire::response(
+        (std::net::Ipv4Addr::LOCALHOST, gw.addr.port()).into(),
+        request,
+    )
+    .await;
+    assert!(
+        local
+            .header("proxy-status")
+            .unwrap()
+            .contains(&format!("next-hop=\"{}\"", up.addr)),
+        "{local:?}"
+    );
+}
+
+#[tokio::test]
+async fn trace_is_refused_with_405_unless_the_listener_allows_it() {
+    // Before: TRACE went upstream with the client's cookies, and the upstream echoed them.
+    let up = upstream::echo().await;
+    let request =
+        b"TRACE /x HTTP/1.1\r\nHost: a\r\nCookie: session=s3cret\r\nConnection: close\r\n\r\n";
+    let gw = support::start(support::config(&[up.addr])).await;
+    let msg = wire::response(gw.addr, request).await;
+    assert_eq!(msg.status(), 405, "{msg:?}");
+    let ps = msg.header("proxy-status").unwrap();
+    assert!(ps.starts_with("gatewise; error=http_request_error"), "{ps}");
+    assert!(
+        String::from_utf8_lossy(&msg.body).contains("TRACE"),
+        "{msg:?}"
+    );
+    let line = gw.next_log();
+    assert_eq!(
+        (line["status"].as_u64(), line["method"].as_str()),
+        (Some(405), Some("TRACE"))
+    );
+    assert_eq!(line["cause"], "http_request_error", "{line}");
+    assert_eq!(up.stats.requests(), 0);
+
+    let mut cfg = support::config(&[up.addr]);
+    cfg.listeners[0].allow_trace = true;
+    let gw = support::start(cfg).await;
+    let msg = wire::response(gw.addr, request).await;
+    assert_eq!(msg.status(), 200, "{msg:?}");
+    assert_eq!(msg.header("x-echo-method"), Some("trace"));
+    assert_eq!(up.stats.requests(), 1);
+}
