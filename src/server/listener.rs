@@ -65,7 +65,7 @@ async fn serve_connection(
         let state = svc_state.clone();
         async move { Ok::<_, Infallible>(forward::handle(&state, peer, req).await) }
     });
-    let conn = http1::Builder::new()
+    let mut conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
@@ -73,29 +73,51 @@ async fn serve_connection(
         .writev(false)
         .max_headers(config.max_headers)
         .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
     let result = tokio::select! {
         biased;
-        result = conn.as_mut() => result,
+        result = &mut conn => result,
         () = drain.closing() => {
             // Idle: closed now. Busy: the current response goes out with `Connection: close`.
-            conn.as_mut().graceful_shutdown();
-            conn.await
+            std::pin::Pin::new(&mut conn).graceful_shutdown();
+            (&mut conn).await
         }
     };
     if let Err(err) = result {
         if err.is_parse() || err.is_parse_too_large() {
             // hyper has answered 400 or 431 itself; the request never reached a route.
-            log_rejected(&state, peer, &err);
+            let status = if err.is_parse_too_large() { 431 } else { 400 };
+            tracing::debug!(%err, %peer, status, "malformed request");
+            log_rejected(&state, peer, status);
+        } else if err.is_timeout() {
+            // hyper's header_read_timeout, which also ends idle keep-alive connections: only
+            // one with part of a request head read is a slow client, and is answered.
+            let parts = conn.into_parts();
+            if !parts.read_buf.is_empty() {
+                request_timeout(parts.io.into_inner()).await;
+                tracing::debug!(%peer, read = parts.read_buf.len(), "request head timed out");
+                log_rejected(&state, peer, 408);
+            }
         } else {
             tracing::debug!(%err, %peer, "client connection ended with an error");
         }
     }
 }
 
-fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper::Error) {
-    let status = if err.is_parse_too_large() { 431 } else { 400 };
-    tracing::debug!(%err, %peer, status, "malformed request");
+/// A request head that did not complete within `header_read_timeout` gets 408, as from nginx
+/// and HAProxy, so the client (or its proxy) knows not to wait; bounded, as the client is slow.
+async fn request_timeout(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let response = b"HTTP/1.1 408 Request Timeout\r\nProxy-Status: gatewise; error=http_request_error; details=\"request head not received within header_read_timeout\"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Logs and counts a request that ended before reaching a route: hyper's own 400 or 431, or
+/// our 408.
+fn log_rejected(state: &ListenerState, peer: SocketAddr, status: u16) {
     state
         .unrouted
         .request(status, Some(Cause::HttpRequestError), Duration::ZERO);

@@ -166,3 +166,41 @@ async fn trace_is_refused_with_405_unless_the_listener_allows_it() {
     assert_eq!(msg.header("x-echo-method"), Some("trace"));
     assert_eq!(up.stats.requests(), 1);
 }
+
+#[tokio::test]
+async fn slow_request_head_gets_408_and_a_log_line_idle_connection_just_closes() {
+    // Before: closed after header_read_timeout with no response, no log line and no count.
+    use tokio::io::AsyncWriteExt;
+    let up = upstream::ok("hi").await;
+    let mut cfg = support::config(&[up.addr]);
+    cfg.listeners[0].header_read_timeout = std::time::Duration::from_millis(300);
+    let gw = support::start(cfg).await;
+
+    // Connected, never sent a byte: an idle connection, closed without a word.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    assert!(wire::read_to_end(&mut idle).await.is_empty());
+
+    let mut slow = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let raw = wire::read_to_end(&mut slow).await;
+    let msg = wire::decode(&raw, false, false, true).expect("a response");
+    assert_eq!(msg.status(), 408, "{msg:?}");
+    assert!(msg
+        .header("proxy-status")
+        .unwrap()
+        .contains("error=http_request_error"));
+    let line = gw.next_log();
+    assert_eq!(line["status"], 408, "{line}");
+    assert_eq!(line["cause"], "http_request_error", "{line}");
+    let port = slow.local_addr().unwrap().port().to_string();
+    assert!(
+        line["client"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}")),
+        "the slow client's line, none for the idle one: {line}"
+    );
+    assert_eq!(up.stats.requests(), 0);
+}

@@ -24,11 +24,15 @@ impl Drop for Running {
 
 impl Running {
     fn start(config: &Path) -> Running {
+        Self::start_with_stdout(config, Stdio::null())
+    }
+
+    fn start_with_stdout(config: &Path, stdout: Stdio) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gatewise"))
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start gatewise run");
@@ -113,5 +117,64 @@ async fn sigusr1_reopens_the_access_log_after_rotation() {
         serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
     assert_eq!(line["status"], 200);
     drop(gw);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_to_a_closed_pipe_counts_dropped_lines_and_says_so_once() {
+    // Before: every line written to a closed stdout was lost with the counter still at 0, and
+    // stderr said so again for every batch.
+    let up = upstream::ok("hi").await;
+    let dir = std::env::temp_dir().join(format!("gatewise-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gatewise.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "access_log = \"stdout\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\nupstream = \"app\"\n\
+             [upstream.app]\ntargets = [\"{}\"]\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let mut gw = Running::start_with_stdout(&config, Stdio::piped());
+    // The reader of the access log goes away.
+    drop(gw.child.stdout.take());
+    let line = gw.wait_for_line("listening listener=public");
+    let addr = line.rsplit("addr=").next().unwrap().trim().to_string();
+    let admin = gw.wait_for_line("admin listening");
+    let admin = admin.rsplit("addr=").next().unwrap().trim().to_string();
+    let c = client();
+    let dropped = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("gatewise_access_log_dropped_total "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // Requests until two batches failed (the writer drains every 20 ms); bounded.
+    let mut count = 0;
+    for _ in 0..400 {
+        assert_eq!(get(&c, &format!("http://{addr}/")).await.0.status, 200);
+        let (_, metrics) = get(&c, &format!("http://{admin}/metrics")).await;
+        count = dropped(&String::from_utf8_lossy(&metrics));
+        if count >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(count >= 2, "dropped lines counted: {count}");
+    gw.wait_for_line("access log: write failed");
+    let _ = gw.child.kill();
+    let _ = gw.child.wait();
+    // Every stderr line left, to the end (the reader ends with the process).
+    let again: Vec<String> = gw
+        .lines
+        .iter()
+        .filter(|l| l.contains("access log: write failed"))
+        .collect();
+    assert!(again.is_empty(), "said once: {again:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
