@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::drain::{ConnectionDrain, DrainSignal};
+use super::idle::{Activity, ClientIo, Tracked};
 use crate::cause::Cause;
 use crate::config::ListenerConfig;
 use crate::observe::access_log::Record;
@@ -52,6 +53,8 @@ pub async fn serve(
     }
 }
 
+/// Serves one client connection in phases (see [`super::idle`]): the socket waits alone until
+/// the client sends something, then hyper serves until the connection is idle again.
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -60,46 +63,87 @@ async fn serve_connection(
     mut drain: ConnectionDrain,
 ) {
     let _ = stream.set_nodelay(true);
+    let activity = Arc::new(Activity::default());
     let svc_state = state.clone();
+    let svc_activity = activity.clone();
     let service = service_fn(move |req| {
         let state = svc_state.clone();
-        async move { Ok::<_, Infallible>(forward::handle(&state, peer, req).await) }
+        let busy = svc_activity.busy();
+        let activity = svc_activity.clone();
+        async move {
+            let resp = forward::handle(&state, peer, req).await;
+            if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                activity.upgraded();
+            }
+            Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, busy)))
+        }
     });
-    let mut conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes.max(8192))
         .max_header_size(config.max_header_bytes)
         .writev(false)
-        .max_headers(config.max_headers)
-        .serve_connection(TokioIo::new(stream), service);
-    let result = tokio::select! {
-        biased;
-        result = &mut conn => result,
-        () = drain.closing() => {
-            // Idle: closed now. Busy: the current response goes out with `Connection: close`.
-            std::pin::Pin::new(&mut conn).graceful_shutdown();
-            (&mut conn).await
+        .max_headers(config.max_headers);
+    let mut io = ClientIo::new(stream, activity);
+    loop {
+        // Idle: nothing but the socket, for as long as hyper would have waited for a head.
+        let readable = tokio::select! {
+            biased;
+            () = drain.closing() => return,
+            readable = tokio::time::timeout(config.header_read_timeout, io.stream.readable()) => readable,
+        };
+        if !matches!(readable, Ok(Ok(()))) {
+            return;
         }
-    };
-    if let Err(err) = result {
-        if err.is_parse() || err.is_parse_too_large() {
-            // hyper has answered 400 or 431 itself; the request never reached a route.
-            let status = if err.is_parse_too_large() { 431 } else { 400 };
-            tracing::debug!(%err, %peer, status, "malformed request");
-            log_rejected(&state, peer, status);
-        } else if err.is_timeout() {
-            // hyper's header_read_timeout, which also ends idle keep-alive connections: only
-            // one with part of a request head read is a slow client, and is answered.
-            let parts = conn.into_parts();
-            if !parts.read_buf.is_empty() {
-                request_timeout(parts.io.into_inner()).await;
-                tracing::debug!(%peer, read = parts.read_buf.len(), "request head timed out");
-                log_rejected(&state, peer, 408);
+        // Boxed, so an idle connection's task does not carry hyper's connection inline.
+        let mut conn = Box::new(builder.serve_connection(TokioIo::new(io), service.clone()));
+        let result = tokio::select! {
+            biased;
+            result = &mut *conn => result,
+            () = drain.closing() => {
+                // Idle: closed now. Busy: the current response goes out with `Connection: close`.
+                std::pin::Pin::new(&mut *conn).graceful_shutdown();
+                let _ = (&mut *conn).await;
+                return;
             }
-        } else {
-            tracing::debug!(%err, %peer, "client connection ended with an error");
+        };
+        let parts = conn.into_parts();
+        let put_down = parts.io.inner().put_down;
+        match result {
+            // Put down at idle with nothing unread: wait for the next request.
+            Ok(()) if put_down && parts.read_buf.is_empty() => {
+                io = parts.io.into_inner().next_phase();
+            }
+            Ok(()) => return,
+            Err(err) => return ended_with_error(&state, peer, err, parts).await,
         }
+    }
+}
+
+/// A phase that ended with an error ends the connection; some are answered and logged.
+async fn ended_with_error<S>(
+    state: &ListenerState,
+    peer: SocketAddr,
+    err: hyper::Error,
+    parts: http1::Parts<TokioIo<ClientIo>, S>,
+) {
+    if err.is_parse() || err.is_parse_too_large() {
+        // hyper has answered 400 or 431 itself; the request never reached a route.
+        let status = if err.is_parse_too_large() { 431 } else { 400 };
+        tracing::debug!(%err, %peer, status, "malformed request");
+        log_rejected(state, peer, status);
+    } else if err.is_timeout() {
+        // hyper's header_read_timeout: part of a request head was read (an idle connection
+        // waits in `serve_connection` instead, and is closed silently).
+        if !parts.read_buf.is_empty() {
+            request_timeout(parts.io.into_inner().stream).await;
+            tracing::debug!(%peer, read = parts.read_buf.len(), "request head timed out");
+            log_rejected(state, peer, 408);
+        }
+    } else {
+        tracing::debug!(%err, %peer, "client connection ended with an error");
     }
 }
 

@@ -204,3 +204,65 @@ async fn slow_request_head_gets_408_and_a_log_line_idle_connection_just_closes()
     );
     assert_eq!(up.stats.requests(), 0);
 }
+
+/// Reads responses from a kept-alive socket until `n` whole ones arrived.
+async fn read_responses(s: &mut tokio::net::TcpStream, n: usize) -> Vec<wire::Msg> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; 16 * 1024];
+    while out.len() < n {
+        while let Some(msg) = wire::decode(&buf, false, false, false) {
+            buf = msg.rest.clone();
+            out.push(msg);
+            if out.len() == n {
+                return out;
+            }
+        }
+        let read = s.read(&mut chunk);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+        let n = got.expect("a response in time").unwrap();
+        assert!(n > 0, "closed after {} responses", out.len());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+#[tokio::test]
+async fn keep_alive_connection_is_served_again_after_going_idle() {
+    // Idle client connections now hold only their socket between requests (hyper is put down
+    // and rebuilt): every way a next request can arrive must still be served.
+    use tokio::io::AsyncWriteExt;
+    let up = upstream::echo().await;
+    let gw = support::start(support::config(&[up.addr])).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for i in 0..3 {
+        let req = format!("GET /seq{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let msg = read_responses(&mut s, 1).await.remove(0);
+        assert_eq!(msg.status(), 200, "{msg:?}");
+    }
+    s.write_all(b"GET /p1 HTTP/1.1\r\nHost: a\r\n\r\nGET /p2 HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let pair = read_responses(&mut s, 2).await;
+    assert!(pair.iter().all(|m| m.status() == 200), "{pair:?}");
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let cont = read_responses(&mut s, 1).await.remove(0);
+    assert_eq!(cont.status(), 100, "{cont:?}");
+    s.write_all(b"hello").await.unwrap();
+    let msg = read_responses(&mut s, 1).await.remove(0);
+    assert_eq!(
+        (msg.status(), msg.body.as_slice()),
+        (200, &b"hello"[..]),
+        "{msg:?}"
+    );
+    for i in 0..6 {
+        let line = gw.next_log();
+        assert_eq!(line["status"], 200, "line {i}: {line}");
+    }
+}
