@@ -17,8 +17,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 GATEWISE=${GATEWISE:-$target_dir/release/gatewise}
 
-# Every idle connection is a file descriptor in the client and in the proxy (and nginx's own).
-ulimit -n 65536
+# Every idle connection is a file descriptor in the client and in the proxy: raise the limit as
+# far as this machine allows (a container's hard limit may be lower than 65536).
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+nofile=$(ulimit -n)
 
 need_apt=()
 command -v nginx >/dev/null || need_apt+=(nginx-light)
@@ -63,7 +65,7 @@ wait_port() {
 
 nginx_common="daemon off;
 master_process on;
-worker_rlimit_nofile 65536;
+worker_rlimit_nofile $nofile;
 events { worker_connections 32768; }"
 nginx_temp="client_body_temp_path $work/cb; proxy_temp_path $work/px; fastcgi_temp_path $work/fc;
     uwsgi_temp_path $work/uw; scgi_temp_path $work/sc;"
