@@ -26,11 +26,16 @@ pub struct Conn {
     pub stats: Arc<IoStats>,
     /// Taken from the pool rather than freshly connected.
     pub reused: bool,
+    /// Dropped with the connection when it is not pooled: its driver task then ends, with any
+    /// request body it was still waiting on (an upload the client never finishes would keep it,
+    /// and the client's connection, alive forever).
+    pub abandon: tokio::sync::oneshot::Sender<()>,
 }
 
 struct Idle {
     sender: http1::SendRequest<UpstreamBody>,
     stats: Arc<IoStats>,
+    abandon: tokio::sync::oneshot::Sender<()>,
     /// When this connection may no longer be handed out.
     expires: Instant,
 }
@@ -73,6 +78,7 @@ impl TargetPool {
                 return Some(Conn {
                     sender: conn.sender,
                     stats: conn.stats,
+                    abandon: conn.abandon,
                     reused: true,
                 });
             }
@@ -99,6 +105,7 @@ impl TargetPool {
         idle.push(Idle {
             sender: conn.sender,
             stats: conn.stats,
+            abandon: conn.abandon,
             expires: Instant::now() + limit,
         });
     }
@@ -132,15 +139,20 @@ impl TargetPool {
             .map_err(|e| {
                 UpstreamError::before_send(Cause::ProxyInternalError, Phase::Connect, e.to_string())
             })?;
+        let (abandon, abandoned) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(%err, "upstream connection ended");
+            tokio::select! {
+                result = conn => if let Err(err) = result {
+                    tracing::debug!(%err, "upstream connection ended");
+                },
+                _ = abandoned => {}
             }
         });
         Ok(Conn {
             sender,
             stats,
             reused: false,
+            abandon,
         })
     }
 

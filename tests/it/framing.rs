@@ -293,3 +293,32 @@ async fn request_transfer_coding_other_than_chunked_is_refused_400() {
     assert_eq!(msg.status(), 400, "{msg:?}");
     assert_eq!(up.stats.requests(), 0);
 }
+
+#[tokio::test]
+async fn unfinished_streamed_upload_does_not_hold_the_client_connection_open() {
+    // Found by the round_trip fuzz target (fuzz/seeds/round_trip/unfinished-upload-after-early-answer): a
+    // chunked upload that never finishes, answered by an upstream that then closed: the response
+    // was relayed and the client connection stayed open with no deadline, waiting for the rest
+    // of a body nobody would read.
+    let up = upstream::raw(|mut stream, _| async move {
+        let mut buf = [0u8; 4096];
+        let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+        let _ = stream
+            .write_all(b"\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\nTranfesr-Encoding: chunked\r\n\r\n3\r\nabced\rJ")
+            .await;
+    })
+    .await;
+    let gw = support::start(support::config(&[up.addr])).await;
+    let raw = wire::exchange(
+        gw.addr,
+        b"POSTOST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r",
+    )
+    .await;
+    let msg = wire::decode(&raw, false, false, true).expect("a response");
+    // hyper's client skips the blank lines before the status line: a 200 with a 5-byte body.
+    assert_eq!(
+        (msg.status(), msg.body.as_slice()),
+        (200, &b"3\r\nab"[..]),
+        "{msg:?}"
+    );
+}
