@@ -339,6 +339,7 @@ memory() { # name pid port
         idle_pid=""
         return
     fi
+    sleep 1 # gatewise frees an idle connection's buffers 100 ms after its response (server/idle.rs)
     loaded=$(pss_kib "$pid")
     echo done >&"${IDLE[1]}"
     wait "$idle_pid" 2>/dev/null || true

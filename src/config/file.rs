@@ -46,6 +46,8 @@ pub struct RawListener {
     pub header_read_timeout: Option<Str>,
     pub max_header_bytes: Option<Spanned<IntOrStr>>,
     pub max_headers: Option<Spanned<usize>>,
+    pub expose_details: Option<bool>,
+    pub allow_trace: Option<bool>,
     pub tls: Option<Spanned<RawListenerTls>>,
     pub redirect_https: Option<Spanned<bool>>,
 }

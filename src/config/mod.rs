@@ -73,6 +73,11 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// Most request header fields accepted; more gets 431.
     pub max_headers: usize,
+    /// Generated error responses name upstream addresses and details to every client, not only
+    /// to loopback ones.
+    pub expose_details: bool,
+    /// TRACE is forwarded instead of refused with 405.
+    pub allow_trace: bool,
     /// TLS termination; `None` serves plain HTTP.
     pub tls: Option<ListenerTlsConfig>,
     /// Plain listener only: answer every request with a 308 to the same URL over `https`.
@@ -257,6 +262,8 @@ pub mod defaults {
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     pub const MAX_HEADERS: usize = 100;
+    pub const EXPOSE_DETAILS: bool = false;
+    pub const ALLOW_TRACE: bool = false;
     pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const PER_TRY_TIMEOUT: Duration = Duration::from_secs(5);
     pub const RETRIES: u32 = 2;
@@ -313,6 +320,8 @@ impl ListenerConfig {
             max_headers: defaults::MAX_HEADERS,
             tls: None,
             redirect_https: false,
+            expose_details: defaults::EXPOSE_DETAILS,
+            allow_trace: defaults::ALLOW_TRACE,
         }
     }
 }

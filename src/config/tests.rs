@@ -110,6 +110,8 @@ listen = "[::1]:8443"
 header_read_timeout = "1m30s"
 max_header_bytes = "16KiB"
 max_headers = 50
+expose_details = true
+allow_trace = true
 [[listener]]
 name = "b"
 listen = "127.0.0.1:8080"
@@ -164,6 +166,8 @@ failure_statuses = [500, 502]
         ),
         (8443, Duration::from_secs(90), 16384, 50)
     );
+    assert!(a.expose_details && a.allow_trace);
+    assert!(!c.listeners[1].expose_details && !c.listeners[1].allow_trace);
     let r = &c.routes[0];
     assert_eq!(
         (r.listener.as_str(), &r.host, r.path_prefix.as_str()),

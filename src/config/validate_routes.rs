@@ -32,6 +32,8 @@ pub(super) fn listener_configs(
             max_headers,
             tls,
             redirect_https,
+            expose_details,
+            allow_trace,
         } = l;
         let f = |key: &str| format!("listener[{i}].{key}");
         let has_tls = tls.is_some();
@@ -108,6 +110,8 @@ pub(super) fn listener_configs(
                 }
                 r.into_inner()
             }),
+            expose_details: expose_details.unwrap_or(defaults::EXPOSE_DETAILS),
+            allow_trace: allow_trace.unwrap_or(defaults::ALLOW_TRACE),
         });
     }
     if out.is_empty() && complete {

@@ -11,7 +11,7 @@ mod upstreams;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,20 @@ use faults::FaultStatus;
 use summary::Tally;
 use traffic::ClientStats;
 use upstreams::DemoUpstream;
+
+/// Set once a write to stdout failed: its reader is gone (`gatewise demo | head -2`).
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// `println!` that does not panic when stdout is a closed pipe: the failure is remembered and
+/// the demo ends quietly at its next tick, as `head` expects of the programs it reads.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+        }
+    }};
+}
 
 /// The demo's upstream, as named in the config and on the summary line.
 const UPSTREAM: &str = "demo";
@@ -81,21 +95,21 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     } else {
         "a fault every few seconds: kill, not ready, keep-alive race, slow"
     };
-    println!("gatewise demo: three upstreams, the gateway in front, client traffic, {faults_note}");
-    println!("  gateway   http://{gateway_addr}/   (try: curl -i http://{gateway_addr}/)");
+    say!("gatewise demo: three upstreams, the gateway in front, client traffic, {faults_note}");
+    say!("  gateway   http://{gateway_addr}/   (try: curl -i http://{gateway_addr}/)");
     if let Some(a) = admin_addr {
-        println!("  admin     http://{a}/ready   http://{a}/live   http://{a}/status");
+        say!("  admin     http://{a}/ready   http://{a}/live   http://{a}/status");
     }
     for up in &ups {
-        println!("  upstream  {} on {}", up.name, up.addr);
+        say!("  upstream  {} on {}", up.name, up.addr);
     }
-    println!(
+    say!(
         "  policy    health check GET /health every 500ms (rise 2, fall 2), passive ejection after 3 failures,\n            {} retries, per-try timeout {}ms; client: {} req/s, 1 in 4 a POST with an Idempotency-Key",
         route.retries,
         route.per_try_timeout.as_millis(),
         args.rate
     );
-    println!();
+    say!();
 
     let fault_status = Arc::new(Mutex::new(FaultStatus::default()));
     let injector =
@@ -116,7 +130,11 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             _ = &mut ctrl_c => break,
             _ = ticker.tick() => {
                 let line = live_line(start, &client, &tally, &fault_status, &shared, &ups);
-                println!("{line}");
+                say!("{line}");
+                if STDOUT_GONE.load(Ordering::Relaxed) {
+                    // Nobody reads the summary: skip the settling and exit now.
+                    return Ok(());
+                }
             }
         }
     }
@@ -270,23 +288,23 @@ fn print_final(elapsed: Duration, client: &ClientStats, t: &Tally, injected: u32
         causes.insert("no response".into(), transport);
     }
     let attempts: u64 = t.absorbed_by_cause.values().sum();
-    println!();
-    println!(
+    say!();
+    say!(
         "── gatewise demo: summary after {:.1}s ──",
         elapsed.as_secs_f64()
     );
-    println!("requests sent:         {sent}");
-    println!("answered 2xx:          {}", t.ok);
-    println!(
+    say!("requests sent:         {sent}");
+    say!("answered 2xx:          {}", t.ok);
+    say!(
         "client-visible errors: {errors} ({})",
         summary::by_cause(&causes)
     );
-    println!(
+    say!(
         "failures absorbed:     {} ({attempts} failed attempts hidden by a retry: {})",
         t.absorbed,
         summary::by_cause(&t.absorbed_by_cause)
     );
-    println!("faults injected:       {injected}");
+    say!("faults injected:       {injected}");
     let pct = if sent == 0 {
         0.0
     } else {
@@ -297,12 +315,12 @@ fn print_final(elapsed: Duration, client: &ClientStats, t: &Tally, injected: u32
     } else {
         ("s", "were")
     };
-    println!(
+    say!(
         "While {injected} fault{plural} {were} injected, gatewise absorbed {} failures with retries and health checks; {errors} of {sent} requests ({pct:.2}%) reached the client as errors.",
         t.absorbed
     );
     if t.post_answered_5xx > 0 {
-        println!(
+        say!(
             "{} of those errors were an upstream's own 5xx answer to a POST: a definite answer, so the POST is never resent; health checks and ejection then took that upstream out of rotation.",
             t.post_answered_5xx
         );

@@ -202,6 +202,8 @@ impl Live {
                 access_log: self.access_log.clone(),
                 unrouted: self.shared.metrics.unrouted(),
                 scheme: if lc.tls.is_some() { "https" } else { "http" },
+                expose_details: lc.expose_details.into(),
+                allow_trace: lc.allow_trace.into(),
             }),
             socket: Some(socket),
             task: None,
@@ -491,6 +493,9 @@ impl Live {
                 Some(i) => {
                     let (name, mut l) = self.listeners.remove(i);
                     l.config.store(Arc::new(lc.clone()));
+                    use std::sync::atomic::Ordering::Relaxed;
+                    l.state.expose_details.store(lc.expose_details, Relaxed);
+                    l.state.allow_trace.store(lc.allow_trace, Relaxed);
                     if let Some(pos) = new_tls.iter().position(|(n, _)| *n == name) {
                         let (_, t) = new_tls.remove(pos);
                         l.tls.store(t.map(Arc::new));

@@ -103,7 +103,8 @@ pub const QUEUE_LINES: usize = 32_768;
 #[derive(Clone)]
 pub struct AccessLog {
     tx: Option<mpsc::SyncSender<Vec<u8>>>,
-    /// Lines dropped because the queue was full (`gatewise_access_log_dropped_total`).
+    /// Lines dropped because the queue was full or the destination refused them
+    /// (`gatewise_access_log_dropped_total`).
     dropped: Counter,
     /// Set by [`AccessLog::reopen`]; the writer reopens its file before the next batch.
     reopen: Arc<AtomicBool>,
@@ -129,11 +130,12 @@ impl AccessLog {
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
         let log = Self::new(Some(tx));
         let reopen = log.reopen.clone();
+        let dropped = log.dropped.clone();
         let (done_tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("gatewise-access-log".into())
             .spawn(move || {
-                write_loop(rx, out, path, &reopen);
+                write_loop(rx, out, path, &reopen, &dropped);
                 let _ = done_tx.send(());
             })?;
         Ok((log, Some(Writer { thread, done })))
@@ -218,8 +220,10 @@ fn write_loop(
     out: Box<dyn Write + Send>,
     path: Option<PathBuf>,
     reopen: &AtomicBool,
+    dropped: &Counter,
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut told = false;
     while let Ok(line) = rx.recv() {
         if reopen.swap(false, Ordering::SeqCst) {
             if let Some(path) = &path {
@@ -234,13 +238,27 @@ fn write_loop(
                 }
             }
         }
-        let mut ok = out.write_all(&line).is_ok();
+        // Every line of a batch that failed is counted lost (an empty line is only a wake-up).
+        let mut lines = u64::from(!line.is_empty());
+        let mut result = out.write_all(&line);
         while let Ok(line) = rx.try_recv() {
-            ok &= out.write_all(&line).is_ok();
+            lines += u64::from(!line.is_empty());
+            result = result.and_then(|()| out.write_all(&line));
         }
-        ok &= out.flush().is_ok();
-        if !ok {
-            eprintln!("gatewise: access log write failed; lines are being lost");
+        let result = result.and_then(|()| out.flush());
+        if result.is_ok() {
+            told = false;
+        } else if let Err(err) = result {
+            dropped.inc_by(lines);
+            // What the failed batch left in the buffer is dropped too: it would otherwise be
+            // retried ahead of every later line.
+            out = std::io::BufWriter::with_capacity(64 * 1024, out.into_parts().0);
+            // Said once per run of failures, not per batch: a closed pipe fails every write.
+            if !std::mem::replace(&mut told, true) {
+                eprintln!(
+                    "gatewise: access log: write failed ({err}); lost lines are counted in gatewise_access_log_dropped_total"
+                );
+            }
         }
         // Let lines gather before the next drain: a sender wakes this thread only while it is
         // blocked in `recv`, so under load this costs one wake-up per batch instead of one per

@@ -15,7 +15,8 @@ use super::hedge;
 use super::outcome::{Finish, RequestLog};
 use super::relay::{BodyEnd, ClientBody, Relay};
 use super::request::{self, RequestBody};
-use super::response::{error_response, received_status, PROXY_STATUS};
+use super::response::PROXY_STATUS;
+use super::response::{error_response, public_detail, received_status, trusted_client};
 use super::retry;
 use super::upgrade::{self, Upgrade};
 use crate::cause::Cause;
@@ -46,6 +47,10 @@ pub struct ListenerState {
     pub unrouted: Arc<RouteMetrics>,
     /// `"https"` on a TLS listener, else `"http"`: for `X-Forwarded-Proto`, `Forwarded` and the log.
     pub scheme: &'static str,
+    /// The listener's `expose_details`: every client may read upstream details in errors.
+    pub expose_details: std::sync::atomic::AtomicBool,
+    /// The listener's `allow_trace`.
+    pub allow_trace: std::sync::atomic::AtomicBool,
 }
 
 /// Handles one client request; never fails: every error becomes a response with its cause.
@@ -57,6 +62,10 @@ pub async fn handle(
     let (mut head, body) = req.into_parts();
     // Read before the hop-by-hop headers go.
     let upgrade_asked = upgrade::requested(&head.headers);
+    let invalid = request::validate(&head).err();
+    // One authority for everything below: routing, Host upstream, X-Forwarded-Host,
+    // Forwarded host= and the access log.
+    request::authority_as_host(&mut head);
     let mut log = RequestLog {
         log: state.access_log.clone(),
         start: Instant::now(),
@@ -78,10 +87,31 @@ pub async fn handle(
         metrics: None,
         emitted: false,
         tunnel: None,
+        trusted_client: trusted_client(
+            state
+                .expose_details
+                .load(std::sync::atomic::Ordering::Relaxed),
+            client.ip(),
+        ),
     };
-    if let Err(reason) = request::validate(&head) {
+    if let Some(reason) = invalid {
         log.metrics = Some(state.unrouted.clone());
         return fail(log, Cause::HttpRequestError, reason);
+    }
+    if head.method == http::Method::TRACE
+        && !state.allow_trace.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        // TRACE echoes the request back, cookies and credentials included (cross-site tracing):
+        // refused as nginx does, unless the listener allows it.
+        log.metrics = Some(state.unrouted.clone());
+        let mut resp = error_response(
+            Cause::HttpRequestError,
+            "TRACE is refused on this listener (allow_trace = false)",
+            0,
+            &log.request_id,
+        );
+        *resp.status_mut() = http::StatusCode::METHOD_NOT_ALLOWED;
+        return generated(log, Cause::HttpRequestError, resp);
     }
     let host = head
         .uri
@@ -132,6 +162,8 @@ pub async fn handle(
         Err((cause, detail)) => return fail(log, cause, &detail),
     };
     log.bytes_in = body.known_len(&head);
+    let length = body.length(&head);
+    super::framing::request(&mut head.headers, length);
     forward(
         &route,
         request::upstream_head(head),
@@ -272,10 +304,14 @@ async fn forward(
         match (outcome.result, retry_in) {
             (Ok((resp, conn)), None) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 log.target = Some(target.addr.clone());
-                // The socket now belongs to the tunnel: this connection never goes back.
-                drop(conn);
+                // The socket now belongs to the tunnel: this connection never goes back (it is
+                // dropped once the upgrade has taken the socket over).
                 return match upgrade.take() {
-                    Some(upgrade) => upgrade.open(resp, target, in_flight, route, log).await,
+                    Some(upgrade) => {
+                        upgrade
+                            .open(resp, conn, target, in_flight, route, log)
+                            .await
+                    }
                     None => {
                         let detail = format!(
                             "{}: 101 to a request that asked for no upgrade",
@@ -381,11 +417,23 @@ fn relay(
 ) -> Response<ClientBody> {
     let (mut parts, body) = resp.into_parts();
     let (keep_alive, close) = headers::prepare_response(&mut parts.headers);
+    if let Err(detail) = super::framing::response(&log.method, parts.status, &mut parts.headers) {
+        // The body is never read: this connection is not reused.
+        log.target = Some(target.addr.clone());
+        return fail(
+            log,
+            Cause::HttpProtocolError,
+            &format!("{}: {detail}", target.addr),
+        );
+    }
     parts.version = http::Version::HTTP_11;
     if parts.status.is_server_error() {
         parts.headers.insert(
             PROXY_STATUS.clone(),
-            received_status(parts.status.as_u16(), &target.addr),
+            received_status(
+                parts.status.as_u16(),
+                log.trusted_client.then_some(&*target.addr),
+            ),
         );
     }
     log.status = parts.status.as_u16();
@@ -406,8 +454,18 @@ fn relay(
 }
 
 /// Ends a request with a response gatewise generates, and logs it.
-pub(super) fn fail(mut log: RequestLog, cause: Cause, detail: &str) -> Response<ClientBody> {
-    let resp = error_response(cause, detail, log.attempts.len(), &log.request_id);
+pub(super) fn fail(log: RequestLog, cause: Cause, detail: &str) -> Response<ClientBody> {
+    let shown = public_detail(cause, detail, log.trusted_client);
+    let resp = error_response(cause, shown, log.attempts.len(), &log.request_id);
+    generated(log, cause, resp)
+}
+
+/// Logs a response gatewise generated and returns it.
+fn generated(
+    mut log: RequestLog,
+    cause: Cause,
+    resp: Response<ClientBody>,
+) -> Response<ClientBody> {
     log.status = resp.status().as_u16();
     log.cause = Some(cause);
     let len = match resp.body() {

@@ -13,14 +13,19 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static VIA_VALUE: HeaderValue = HeaderValue::from_static("1.1 gatewise");
 
-/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). The framing headers
+/// (`Transfer-Encoding`, `Content-Length`) are [`super::framing`]'s alone: always replaced there,
+/// never removed here, even when `Connection` names them.
+fn is_framing(name: &HeaderName) -> bool {
+    *name == header::TRANSFER_ENCODING || *name == header::CONTENT_LENGTH
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::CONNECTION
         || *name == KEEP_ALIVE
         || *name == PROXY_CONNECTION
         || *name == header::TE
         || *name == header::TRAILER
-        || *name == header::TRANSFER_ENCODING
         || *name == header::UPGRADE
         || *name == header::PROXY_AUTHORIZATION
         || *name == header::PROXY_AUTHENTICATE
@@ -46,7 +51,9 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(listed.as_bytes()) {
-                found.push(name);
+                if !is_framing(&name) {
+                    found.push(name);
+                }
             }
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod attempt;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod hedge;
 pub mod outcome;

@@ -41,6 +41,8 @@ pub struct RequestLog {
     pub metrics: Option<Arc<RouteMetrics>>,
     /// Set once the line is written; a request dropped before that logs itself (see `Drop`).
     pub emitted: bool,
+    /// The client may read upstream details in generated responses (the log always has them).
+    pub trusted_client: bool,
     /// Set on an upgraded request when its tunnel closed.
     pub tunnel: Option<TunnelLog>,
 }

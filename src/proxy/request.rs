@@ -27,7 +27,7 @@ pub fn validate(head: &Parts) -> Result<(), &'static str> {
     if head.method == Method::CONNECT {
         return Err("CONNECT is not supported");
     }
-    Ok(())
+    super::framing::check_request(&head.headers)
 }
 
 /// The request body, kept so it can be sent again, or streamed once.
@@ -82,6 +82,15 @@ impl RequestBody {
         match self {
             RequestBody::Replayable(b) => b.len() as u64,
             RequestBody::Stream(_) => declared_length(head).unwrap_or(0),
+        }
+    }
+
+    /// The body's length when known (what [`super::framing::request`] sends upstream); `None`
+    /// for a body of unknown length that streams.
+    pub fn length(&self, head: &Parts) -> Option<u64> {
+        match self {
+            RequestBody::Replayable(b) => Some(b.len() as u64),
+            RequestBody::Stream(_) => declared_length(head),
         }
     }
 
@@ -148,14 +157,25 @@ async fn read_what_arrived(
     Ok(RequestBody::Stream(Some(Streamed::new(chunks, body))))
 }
 
-/// The upstream request head, made from the client's in place: origin-form URI, HTTP/1.1,
-/// `Host` kept (or taken from an absolute-form URI).
-pub fn upstream_head(mut head: Parts) -> Parts {
-    if let Some(authority) = head.uri.authority() {
-        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-            head.headers.insert(HOST, v);
-        }
+/// An absolute-form target (`GET http://a.test/x`) names the authority; the `Host` header is
+/// then ignored (RFC 9112 §3.2.2): it is replaced by the target's host and port (never its
+/// userinfo), so that every later reader of `Host` sees the one authority the request is for.
+pub fn authority_as_host(head: &mut Parts) {
+    let Some(authority) = head.uri.authority() else {
+        return;
+    };
+    let host = match authority.port() {
+        Some(port) => HeaderValue::from_str(&format!("{}:{port}", authority.host())),
+        None => HeaderValue::from_str(authority.host()),
+    };
+    if let Ok(host) = host {
+        head.headers.insert(HOST, host);
     }
+}
+
+/// The upstream request head, made from the client's in place: origin-form URI, HTTP/1.1,
+/// `Host` kept (see [`authority_as_host`] for an absolute-form URI).
+pub fn upstream_head(mut head: Parts) -> Parts {
     if head.uri.scheme().is_some() {
         if let Some(pq) = head.uri.path_and_query() {
             head.uri = Uri::from(pq.clone());
@@ -205,9 +225,20 @@ mod tests {
                 .body(())
                 .unwrap(),
         );
+        let mut h = h;
+        authority_as_host(&mut h);
         let up = upstream_head(h);
         assert_eq!(up.uri, "/a?b=1");
         assert_eq!(up.headers["host"], "example.com:8080");
         assert_eq!(up.version, Version::HTTP_11);
+
+        let mut h = head(
+            Request::get("http://user:pw@example.com/a")
+                .header("host", "other")
+                .body(())
+                .unwrap(),
+        );
+        authority_as_host(&mut h);
+        assert_eq!(h.headers["host"], "example.com", "no userinfo in Host");
     }
 }

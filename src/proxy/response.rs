@@ -58,11 +58,35 @@ pub fn error_response(
     resp
 }
 
-/// `Proxy-Status` for an upstream's own 5xx passed through: says the status came from upstream.
-pub fn received_status(status: u16, target: &str) -> HeaderValue {
-    let mut v = format!("gatewise; received-status={status}; next-hop=");
-    push_sf_string(&mut v, target);
+/// `Proxy-Status` for an upstream's own 5xx passed through: says the status came from upstream,
+/// and from which target when the client may know (see [`public_detail`]).
+pub fn received_status(status: u16, target: Option<&str>) -> HeaderValue {
+    let mut v = format!("gatewise; received-status={status}");
+    if let Some(target) = target {
+        v.push_str("; next-hop=");
+        push_sf_string(&mut v, target);
+    }
     HeaderValue::from_str(&v).unwrap_or(HeaderValue::from_static("gatewise"))
+}
+
+/// Whether a client may read upstream addresses and details in the responses gatewise
+/// generates: only when its listener says so (`expose_details = true`) or it connects over
+/// loopback (an operator on the host). Everyone else gets the cause and the request id; the
+/// access log and `/status` have the rest.
+pub fn trusted_client(expose_details: bool, client: std::net::IpAddr) -> bool {
+    expose_details || client.to_canonical().is_loopback()
+}
+
+/// The detail a generated error may carry to this client. A detail about the client's own
+/// request (which Host header, which path has no route) is the client's to read; one about an
+/// upstream (its address, how its connection failed) is shown to a trusted client only.
+pub fn public_detail(cause: Cause, detail: &str, trusted: bool) -> &str {
+    let about_the_request = matches!(cause, Cause::HttpRequestError | Cause::DestinationNotFound);
+    if trusted || about_the_request {
+        detail
+    } else {
+        ""
+    }
 }
 
 /// Appends `s` as an RFC 8941 sf-string: quoted, `\` and `"` escaped, non-printable ASCII dropped.
@@ -111,6 +135,31 @@ mod tests {
                 resp.headers().contains_key("retry-after")
             );
         }
+    }
+
+    #[test]
+    fn upstream_details_only_for_trusted_clients() {
+        let internet: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        for loopback in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(
+                trusted_client(false, loopback.parse().unwrap()),
+                "{loopback}"
+            );
+        }
+        assert!(!trusted_client(false, internet));
+        assert!(trusted_client(true, internet));
+        let addr = "10.0.0.5:8080";
+        assert_eq!(public_detail(Cause::ConnectionRefused, addr, false), "");
+        assert_eq!(public_detail(Cause::ConnectionRefused, addr, true), addr);
+        assert_eq!(
+            public_detail(Cause::HttpRequestError, "more than one Host header", false),
+            "more than one Host header"
+        );
+        assert_eq!(received_status(502, None), "gatewise; received-status=502");
+        assert_eq!(
+            received_status(502, Some(addr)),
+            "gatewise; received-status=502; next-hop=\"10.0.0.5:8080\""
+        );
     }
 
     #[test]

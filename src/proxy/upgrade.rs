@@ -126,6 +126,7 @@ impl Upgrade {
     pub async fn open(
         self,
         mut resp: Response<Incoming>,
+        conn: crate::upstream::pool::Conn,
         target: Arc<Target>,
         in_flight: InFlight,
         route: &Route,
@@ -135,7 +136,10 @@ impl Upgrade {
             let detail = format!("{}: 101 without an Upgrade header", target.addr);
             return fail(log, Cause::HttpUpgradeFailed, &detail);
         };
-        let upstream_io = match hyper::upgrade::on(&mut resp).await {
+        let upstream_io = hyper::upgrade::on(&mut resp).await;
+        // Only now: dropping it earlier would end its driver before the socket was handed over.
+        drop(conn);
+        let upstream_io = match upstream_io {
             Ok(io) => io,
             Err(err) => {
                 let detail = format!(

@@ -33,6 +33,10 @@ pub struct Conn {
     pub reused: bool,
     /// Shared with the connection's driver task.
     idle_since: Arc<IdleSince>,
+    /// Dropped with the connection when it is not pooled: its driver task then ends, with any
+    /// request body it was still waiting on (an upload the client never finishes would keep it,
+    /// and the client's connection, alive forever).
+    pub abandon: tokio::sync::oneshot::Sender<()>,
 }
 
 struct Idle {
@@ -43,6 +47,7 @@ struct Idle {
     since: Instant,
     /// The `Keep-Alive: timeout=` its last response announced.
     announced: Option<Duration>,
+    abandon: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Since when a connection has been idle in the pool; `None` while it carries a request and once
@@ -134,6 +139,7 @@ impl TargetPool {
                 return Some(Conn {
                     sender: conn.sender,
                     stats: conn.stats,
+                    abandon: conn.abandon,
                     reused: true,
                     idle_since: conn.idle_since,
                 });
@@ -186,6 +192,7 @@ impl TargetPool {
             idle_since: conn.idle_since,
             since: now,
             announced: upstream_keep_alive,
+            abandon: conn.abandon,
         });
     }
 
@@ -213,10 +220,15 @@ impl TargetPool {
             })?;
         let idle_since = Arc::new(IdleSince::default());
         let (mark, learned) = (idle_since.clone(), self.learned.clone());
+        // Dropped with the `Conn` when it is not pooled: the driver then ends (see `abandon`).
+        let (abandon, abandoned) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            // A 101 hands the socket to the request's tunnel (proxy/upgrade.rs).
-            if let Err(err) = conn.with_upgrades().await {
-                tracing::debug!(%err, "upstream connection ended");
+            tokio::select! {
+                // A 101 hands the socket to the request's tunnel (proxy/upgrade.rs).
+                result = conn.with_upgrades() => if let Err(err) = result {
+                    tracing::debug!(%err, "upstream connection ended");
+                },
+                _ = abandoned => {}
             }
             // Still marked idle: the upstream closed it while it waited in the pool.
             if let Some(since) = mark.get() {
@@ -229,6 +241,7 @@ impl TargetPool {
             stats,
             reused: false,
             idle_since,
+            abandon,
         })
     }
 }

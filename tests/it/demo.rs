@@ -79,3 +79,36 @@ fn demo_absorbs_the_injected_faults_and_prints_a_summary() {
         "{errors} client-visible errors of {sent}:\n{out}"
     );
 }
+
+#[test]
+fn demo_piped_into_head_exits_quietly_on_the_broken_pipe() {
+    // `gatewise demo | head -2`: before, the next println! panicked on EPIPE (exit 101).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatewise"))
+        .args(["demo", "--duration", "60", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gatewise demo");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    for _ in 0..2 {
+        lines.next().expect("a line").unwrap();
+    }
+    drop(lines);
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        let _ = tx.send(err);
+    });
+    // A guard against a hang, not a timing assertion: the demo ends at its next tick.
+    let Ok(err) = rx.recv_timeout(Duration::from_secs(30)) else {
+        let _ = child.kill();
+        panic!("gatewise demo did not notice its reader was gone");
+    };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

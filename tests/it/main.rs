@@ -12,6 +12,8 @@ mod doctor_nginx;
 mod drain;
 mod explain;
 mod failover;
+mod framing;
+mod hardening;
 mod health;
 mod hold;
 mod idle;

@@ -24,16 +24,24 @@ impl Drop for Running {
 
 impl Running {
     fn start(config: &Path) -> Running {
-        Self::start_with_env(config, &[])
+        Self::start_with(config, &[], Stdio::null())
     }
 
     fn start_with_env(config: &Path, env: &[(&str, &Path)]) -> Running {
+        Self::start_with(config, env, Stdio::null())
+    }
+
+    fn start_with_stdout(config: &Path, stdout: Stdio) -> Running {
+        Self::start_with(config, &[], stdout)
+    }
+
+    fn start_with(config: &Path, env: &[(&str, &Path)], stdout: Stdio) -> Running {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gatewise"))
             .args(["run", "--config"])
             .arg(config)
             .envs(env.iter().map(|(k, v)| (k, v.as_os_str())))
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start gatewise run");
@@ -316,4 +324,64 @@ fn quick_form_refuses_targets_a_file_refuses() {
         assert!(stderr.contains(says), "{bad}: {stderr}");
         assert!(!stderr.contains("listening"), "{bad}: it started: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_to_a_closed_pipe_counts_dropped_lines_and_says_so_once() {
+    // Before: every line written to a closed stdout was lost with the counter still at 0, and
+    // stderr said so again for every batch.
+    let up = upstream::ok("hi").await;
+    let dir = std::env::temp_dir().join(format!("gatewise-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gatewise.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "access_log = \"stdout\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\nupstream = \"app\"\n\
+             [upstream.app]\ntargets = [\"{}\"]\n",
+            up.addr
+        ),
+    )
+    .unwrap();
+    let mut gw = Running::start_with_stdout(&config, Stdio::piped());
+    // The reader of the access log goes away.
+    drop(gw.child.stdout.take());
+    // The admin listener is announced first, then the listeners.
+    let admin = gw.wait_for_line("admin listening");
+    let admin = admin.rsplit("addr=").next().unwrap().trim().to_string();
+    let line = gw.wait_for_line("listening listener=public");
+    let addr = line.rsplit("addr=").next().unwrap().trim().to_string();
+    let c = client();
+    let dropped = |text: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with("gatewise_access_log_dropped_total "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    // Requests until two batches failed (the writer drains every 20 ms); bounded.
+    let mut count = 0;
+    for _ in 0..400 {
+        assert_eq!(get(&c, &format!("http://{addr}/")).await.0.status, 200);
+        let (_, metrics) = get(&c, &format!("http://{admin}/metrics")).await;
+        count = dropped(&String::from_utf8_lossy(&metrics));
+        if count >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(count >= 2, "dropped lines counted: {count}");
+    gw.wait_for_line("access log: write failed");
+    let _ = gw.child.kill();
+    let _ = gw.child.wait();
+    // Every stderr line left, to the end (the reader ends with the process).
+    let again: Vec<String> = gw
+        .lines
+        .iter()
+        .filter(|l| l.contains("access log: write failed"))
+        .collect();
+    assert!(again.is_empty(), "said once: {again:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

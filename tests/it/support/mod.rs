@@ -6,6 +6,7 @@ pub mod tls;
 pub mod traffic;
 pub mod upstream;
 pub mod websocket;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
