@@ -55,6 +55,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ClientBody> {
     let (mut head, body) = req.into_parts();
+    request::from_h2(&mut head);
     // Read before the hop-by-hop headers go.
     let upgrade_asked = upgrade::requested(&head.headers);
     let mut log = RequestLog {
@@ -70,6 +71,7 @@ pub async fn handle(
         target: None,
         status: 0,
         scheme: state.scheme,
+        protocol: request::protocol(head.version),
         bytes_in: 0,
         cause: None,
         retry_stop: None,
