@@ -14,6 +14,7 @@ mod explain;
 mod failover;
 mod health;
 mod hold;
+mod http2;
 mod idle;
 mod metrics;
 mod proxy;
