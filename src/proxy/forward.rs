@@ -44,6 +44,8 @@ pub struct ListenerState {
     pub access_log: AccessLog,
     /// Counts requests rejected before a route matched.
     pub unrouted: Arc<RouteMetrics>,
+    /// Counts client connections by protocol (h1/h2).
+    pub connections: crate::observe::metrics::ClientConnections,
     /// `"https"` on a TLS listener, else `"http"`: for `X-Forwarded-Proto`, `Forwarded` and the log.
     pub scheme: &'static str,
 }

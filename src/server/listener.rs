@@ -145,8 +145,10 @@ async fn serve_connection<IO>(
         }
     });
     if h2 {
+        state.connections.h2.inc();
         return serve_h2(stream, peer, &config, service, drain).await;
     }
+    state.connections.h1.inc();
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)

@@ -115,13 +115,31 @@ async fn a_hundred_concurrent_streams_on_one_connection_reach_an_http1_upstream(
 }
 
 #[tokio::test]
-async fn http1_on_a_plain_listener_is_still_http1() {
+async fn http1_on_a_plain_listener_is_still_http1_and_connections_are_counted_by_protocol() {
     let up = upstream::echo().await;
-    let gw = support::start(config(&[up.addr])).await;
+    let mut cfg = config(&[up.addr]);
+    cfg.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    let listener = cfg.listeners[0].name.clone();
+    let gw = support::start(cfg).await;
     let (parts, _) = support::get(&support::client(), &gw.url("/")).await;
     assert_eq!(parts.status, 200);
     assert_eq!(parts.version, http::Version::HTTP_11);
     assert_eq!(gw.next_log()["protocol"], "h1");
+    for _ in 0..2 {
+        let req = Request::get(gw.url("/")).body(empty()).unwrap();
+        assert_eq!(send(&mut h2c(gw.addr).await, req).await.0.status, 200);
+        assert_eq!(gw.next_log()["protocol"], "h2");
+    }
+    // A fresh client: the admin request is not on the gateway listener.
+    let metrics = format!("http://{}/metrics", gw.admin.unwrap());
+    let (_, body) = support::get(&support::client(), &metrics).await;
+    let text = String::from_utf8_lossy(&body);
+    for (protocol, n) in [("h1", 1), ("h2", 2)] {
+        let line = format!(
+            "gatewise_client_connections_total{{listener=\"{listener}\",protocol=\"{protocol}\"}} {n}"
+        );
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
 }
 
 #[tokio::test]

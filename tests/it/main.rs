@@ -15,6 +15,7 @@ mod failover;
 mod health;
 mod hold;
 mod http2;
+mod http2_limits;
 mod idle;
 mod metrics;
 mod proxy;
