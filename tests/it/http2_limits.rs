@@ -1,6 +1,6 @@
 //! The HTTP/2 limits a listener sets (`h2_*`, and `max_header_bytes` as the header list size),
 //! seen from real clients: a raw client reads the SETTINGS and floods resets, hyper's h2 client
-//! sends big headers.
+//! sends big headers; and the preface detection on a plain listener, with split first bytes.
 
 use std::time::Duration;
 
@@ -179,4 +179,46 @@ async fn big_cookies_fit_and_a_header_list_over_max_header_bytes_does_not_pass()
         assert_eq!(resp.status(), 431);
     }
     assert_eq!(up.stats.requests(), 1);
+}
+
+#[tokio::test]
+async fn a_preface_or_a_request_line_split_across_writes_is_told_apart() {
+    let up = upstream::ok("ok").await;
+    let gw = support::start(config(&[up.addr])).await;
+    // The pause makes a separate segment likely, so gatewise peeks a partial prefix first
+    // (a pause to split the bytes, not to wait for readiness).
+    let pause = Duration::from_millis(30);
+
+    // h2c: the preface in two writes, then the server's SETTINGS come back.
+    let mut h2 = TcpStream::connect(gw.addr).await.unwrap();
+    h2.set_nodelay(true).unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(pause).await;
+    let mut rest = b"\r\nSM\r\n\r\n".to_vec();
+    rest.extend(frame(SETTINGS, 0, 0, &[]));
+    h2.write_all(&rest).await.unwrap();
+    let settings = read_frames(&mut h2, |kind, flags, _, _| {
+        (kind == SETTINGS && flags & 0x1 == 0).then_some(())
+    });
+    tokio::time::timeout(Duration::from_secs(10), settings)
+        .await
+        .expect("SETTINGS in time")
+        .expect("served as HTTP/2");
+
+    // HTTP/1.1 starting like the preface (`P`, then `PU`): still HTTP/1.1.
+    let mut h1 = TcpStream::connect(gw.addr).await.unwrap();
+    h1.set_nodelay(true).unwrap();
+    h1.write_all(b"P").await.unwrap();
+    tokio::time::sleep(pause).await;
+    h1.write_all(b"UT /x HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let read = h1.read_to_string(&mut answer);
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("answer in time")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("ok"), "{answer}");
 }
