@@ -222,3 +222,28 @@ async fn a_preface_or_a_request_line_split_across_writes_is_told_apart() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.ends_with("ok"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed() {
+    const PING: u8 = 0x6;
+    let up = upstream::ok("ok").await;
+    let mut cfg = config(&[up.addr]);
+    cfg.listeners[0].h2.keepalive_interval = Duration::from_millis(100);
+    cfg.listeners[0].h2.keepalive_timeout = Duration::from_millis(200);
+    let gw = support::start(cfg).await;
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    stream.write_all(&hello).await.unwrap();
+    // A PING comes (the client is silent), is never answered, and the connection ends.
+    let mut pinged = false;
+    let ended = read_frames(&mut stream, |kind, flags, _, _| {
+        pinged |= kind == PING && flags & 0x1 == 0;
+        None::<()>
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the silent connection is closed");
+    assert!(ended.is_none());
+    assert!(pinged, "a PING was sent before closing");
+}
