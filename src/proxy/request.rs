@@ -1,7 +1,7 @@
 //! The client request before it goes anywhere: checked, and its body made replayable when small.
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, COOKIE, HOST};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST, VIA};
 use http::request::Parts;
 use http::{HeaderValue, Method, Uri, Version};
 use http_body::Body as _;
@@ -216,6 +216,18 @@ pub fn upstream_head(mut head: Parts) -> Parts {
             head.uri = Uri::from(pq.clone());
         }
     }
+    if head.version == Version::HTTP_2 {
+        // `Via` names the protocol this hop received (RFC 9110 §7.6.3); `prepare_request`
+        // appended ours last, as `1.1`.
+        let mut vias: Vec<HeaderValue> = head.headers.get_all(VIA).iter().cloned().collect();
+        if let Some(ours) = vias.last_mut() {
+            *ours = HeaderValue::from_static("2 gatewise");
+        }
+        head.headers.remove(VIA);
+        vias.into_iter().for_each(|v| {
+            head.headers.append(VIA, v);
+        });
+    }
     head.version = Version::HTTP_11;
     head
 }
@@ -267,6 +279,17 @@ mod tests {
         assert_eq!(up.version, Version::HTTP_11);
         assert_eq!(up.headers.get_all("host").iter().count(), 1);
         assert_eq!(up.headers["host"], "app.example:8443");
+        let mut h = h2(Request::get("https://a/")
+            .header("via", "1.1 edge")
+            .header("via", "1.1 gatewise"));
+        from_h2(&mut h);
+        let vias: Vec<_> = upstream_head(h)
+            .headers
+            .get_all("via")
+            .iter()
+            .cloned()
+            .collect();
+        assert_eq!(vias, ["1.1 edge", "2 gatewise"]);
         // Host alone (no :authority) is kept; the same name in both is fine.
         let mut h = h2(Request::get("/x").header("host", "b.example"));
         from_h2(&mut h);

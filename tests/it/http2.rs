@@ -97,6 +97,7 @@ async fn a_hundred_concurrent_streams_on_one_connection_reach_an_http1_upstream(
         assert_eq!(echoed("host").unwrap(), authority.as_str());
         assert_eq!(parts.headers.get_all("x-echo-host").iter().count(), 1);
         assert_eq!(echoed("x-forwarded-host").unwrap(), authority.as_str());
+        assert_eq!(echoed("via").unwrap(), "2 gatewise");
         let forwarded = echoed("forwarded").unwrap().to_str().unwrap();
         assert!(
             forwarded.contains(&format!("host=\"{authority}\"")),
