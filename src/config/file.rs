@@ -50,6 +50,13 @@ pub struct RawListener {
     pub allow_trace: Option<bool>,
     pub tls: Option<Spanned<RawListenerTls>>,
     pub redirect_https: Option<Spanned<bool>>,
+    pub h2_max_concurrent_streams: Option<Spanned<u32>>,
+    pub h2_initial_stream_window: Option<Spanned<IntOrStr>>,
+    pub h2_initial_connection_window: Option<Spanned<IntOrStr>>,
+    pub h2_keepalive_interval: Option<Str>,
+    pub h2_keepalive_timeout: Option<Str>,
+    pub h2_max_pending_accept_reset_streams: Option<Spanned<usize>>,
+    pub h2_max_local_error_reset_streams: Option<Spanned<usize>>,
 }
 
 /// `tls = { cert, key }` or `tls = { certificates = [{ cert, key }, ...] }` on a listener.

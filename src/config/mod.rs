@@ -10,6 +10,7 @@ pub mod reload;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod validate_http2;
 mod validate_routes;
 mod validate_tls;
 mod validate_upstream;
@@ -82,6 +83,44 @@ pub struct ListenerConfig {
     pub tls: Option<ListenerTlsConfig>,
     /// Plain listener only: answer every request with a 308 to the same URL over `https`.
     pub redirect_https: bool,
+    /// HTTP/2 limits for the client connections that speak it (h2 by ALPN, h2c by preface).
+    pub h2: Http2Limits,
+}
+
+/// A listener's HTTP/2 limits (`h2_*` keys). The header list size is `max_header_bytes`: one
+/// limit on a request head whichever protocol carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Http2Limits {
+    /// Streams a client may have open at once on one connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// Flow-control window of each stream: request body bytes a client may send ahead.
+    pub initial_stream_window: u32,
+    /// Flow-control window of the whole connection.
+    pub initial_connection_window: u32,
+    /// A PING is sent after this long without a frame from the client...
+    pub keepalive_interval: Duration,
+    /// ...and the connection is closed if its answer takes longer than this.
+    pub keepalive_timeout: Duration,
+    /// Streams reset by the client before gatewise accepted them, kept at most (reset-flood
+    /// protection, CVE-2023-44487): more and the connection is closed with GOAWAY.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams gatewise may reset because the client broke the protocol on them before the
+    /// connection is closed with GOAWAY (CVE-2019-9514-style floods).
+    pub max_local_error_reset_streams: usize,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: defaults::H2_MAX_CONCURRENT_STREAMS,
+            initial_stream_window: defaults::H2_INITIAL_STREAM_WINDOW,
+            initial_connection_window: defaults::H2_INITIAL_CONNECTION_WINDOW,
+            keepalive_interval: defaults::H2_KEEPALIVE_INTERVAL,
+            keepalive_timeout: defaults::H2_KEEPALIVE_TIMEOUT,
+            max_pending_accept_reset_streams: defaults::H2_MAX_PENDING_ACCEPT_RESET_STREAMS,
+            max_local_error_reset_streams: defaults::H2_MAX_LOCAL_ERROR_RESET_STREAMS,
+        }
+    }
 }
 
 /// A listener's certificates and handshake limits (`tls = { ... }`).
@@ -264,6 +303,13 @@ pub mod defaults {
     pub const MAX_HEADERS: usize = 100;
     pub const EXPOSE_DETAILS: bool = false;
     pub const ALLOW_TRACE: bool = false;
+    pub const H2_MAX_CONCURRENT_STREAMS: u32 = 250;
+    pub const H2_INITIAL_STREAM_WINDOW: u32 = 1024 * 1024;
+    pub const H2_INITIAL_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+    pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+    pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+    pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+    pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
     pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const PER_TRY_TIMEOUT: Duration = Duration::from_secs(5);
     pub const RETRIES: u32 = 2;
@@ -322,6 +368,7 @@ impl ListenerConfig {
             redirect_https: false,
             expose_details: defaults::EXPOSE_DETAILS,
             allow_trace: defaults::ALLOW_TRACE,
+            h2: Http2Limits::default(),
         }
     }
 }

@@ -8,7 +8,9 @@ use toml::Spanned;
 
 use super::file::{RawListener, RawRoute};
 use super::validate::{socket_addr, Cx};
-use super::{defaults, validate_tls, values, HostPattern, ListenerConfig, RouteConfig};
+use super::{
+    defaults, validate_http2, validate_tls, values, HostPattern, ListenerConfig, RouteConfig,
+};
 
 /// Listeners, and whether every one was read with a valid name (route checks rely on it).
 pub(super) fn listener_configs(
@@ -34,7 +36,23 @@ pub(super) fn listener_configs(
             redirect_https,
             expose_details,
             allow_trace,
+            h2_max_concurrent_streams,
+            h2_initial_stream_window,
+            h2_initial_connection_window,
+            h2_keepalive_interval,
+            h2_keepalive_timeout,
+            h2_max_pending_accept_reset_streams,
+            h2_max_local_error_reset_streams,
         } = l;
+        let h2 = validate_http2::RawHttp2 {
+            max_concurrent_streams: h2_max_concurrent_streams,
+            initial_stream_window: h2_initial_stream_window,
+            initial_connection_window: h2_initial_connection_window,
+            keepalive_interval: h2_keepalive_interval,
+            keepalive_timeout: h2_keepalive_timeout,
+            max_pending_accept_reset_streams: h2_max_pending_accept_reset_streams,
+            max_local_error_reset_streams: h2_max_local_error_reset_streams,
+        };
         let f = |key: &str| format!("listener[{i}].{key}");
         let has_tls = tls.is_some();
         let name = match name {
@@ -112,6 +130,7 @@ pub(super) fn listener_configs(
             }),
             expose_details: expose_details.unwrap_or(defaults::EXPOSE_DETAILS),
             allow_trace: allow_trace.unwrap_or(defaults::ALLOW_TRACE),
+            h2: validate_http2::limits(cx, h2, &f),
         });
     }
     if out.is_empty() && complete {

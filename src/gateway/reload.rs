@@ -201,6 +201,7 @@ impl Live {
                 snapshot: self.shared.snapshot.clone(),
                 access_log: self.access_log.clone(),
                 unrouted: self.shared.metrics.unrouted(),
+                connections: self.shared.metrics.client_connections(&lc.name),
                 scheme: if lc.tls.is_some() { "https" } else { "http" },
                 expose_details: lc.expose_details.into(),
                 allow_trace: lc.allow_trace.into(),

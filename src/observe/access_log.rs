@@ -54,6 +54,8 @@ pub struct Record<'a> {
     pub status: u16,
     /// `http` or `https`: how the client reached the listener.
     pub scheme: &'static str,
+    /// `h1` or `h2`: the protocol the client spoke (HTTP/1.x, or HTTP/2 by ALPN or h2c).
+    pub protocol: &'static str,
     #[serde(serialize_with = "as_millis")]
     pub duration_ms: Duration,
     pub bytes_in: u64,
@@ -288,6 +290,7 @@ mod tests {
             target: None,
             status: 200,
             scheme: "http",
+            protocol: "h1",
             duration_ms: Duration::ZERO,
             bytes_in: 0,
             bytes_out: 0,

@@ -66,6 +66,20 @@ struct TunnelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabels {
+    listener: String,
+    protocol: &'static str,
+}
+
+/// One listener's client-connection counters, by the protocol the client chose: resolved when
+/// the listener is built, so a connection costs one atomic increment.
+#[derive(Clone)]
+pub struct ClientConnections {
+    pub h1: Counter,
+    pub h2: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AttemptLabels {
     upstream: Arc<str>,
     target: Arc<str>,
@@ -83,6 +97,7 @@ struct Families {
     budget_exhausted: Family<RouteLabels, Counter>,
     tunnels_open: Family<RouteLabels, Gauge>,
     tunnels: Family<TunnelLabels, Counter>,
+    client_connections: Family<ConnectionLabels, Counter>,
 }
 
 /// The gateway's registry, and what route handles are built from.
@@ -149,6 +164,11 @@ impl Metrics {
         );
         registry.register(TUNNELS_OPEN, TUNNELS_OPEN_HELP, f.tunnels_open.clone());
         registry.register(counter_base(TUNNELS), TUNNELS_HELP, f.tunnels.clone());
+        registry.register(
+            counter_base(CLIENT_CONNECTIONS),
+            CLIENT_CONNECTIONS_HELP,
+            f.client_connections.clone(),
+        );
         let list: Vec<Arc<Upstream>> = upstreams.into_iter().cloned().collect();
         let upstreams: upstream::UpstreamList = Arc::new(arc_swap::ArcSwap::from_pointee(list));
         registry.register_collector(Box::new(upstream::UpstreamCollector {
@@ -212,6 +232,23 @@ impl Metrics {
             Some(up),
             self.families.clone(),
         ))
+    }
+
+    /// The client-connection counters of listener `name` (`h1` and `h2`).
+    pub fn client_connections(&self, name: &str) -> ClientConnections {
+        let counter = |protocol| {
+            let labels = ConnectionLabels {
+                listener: name.to_string(),
+                protocol,
+            };
+            self.families
+                .client_connections
+                .get_or_create_owned(&labels)
+        };
+        ClientConnections {
+            h1: counter("h1"),
+            h2: counter("h2"),
+        }
     }
 
     /// Handles for requests rejected before a route matched (route label [`UNROUTED`]).

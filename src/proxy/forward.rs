@@ -45,6 +45,8 @@ pub struct ListenerState {
     pub access_log: AccessLog,
     /// Counts requests rejected before a route matched.
     pub unrouted: Arc<RouteMetrics>,
+    /// Counts client connections by protocol (h1/h2).
+    pub connections: crate::observe::metrics::ClientConnections,
     /// `"https"` on a TLS listener, else `"http"`: for `X-Forwarded-Proto`, `Forwarded` and the log.
     pub scheme: &'static str,
     /// The listener's `expose_details`: every client may read upstream details in errors.
@@ -60,6 +62,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<ClientBody> {
     let (mut head, body) = req.into_parts();
+    request::from_h2(&mut head);
     // Read before the hop-by-hop headers go.
     let upgrade_asked = upgrade::requested(&head.headers);
     let invalid = request::validate(&head).err();
@@ -79,6 +82,7 @@ pub async fn handle(
         target: None,
         status: 0,
         scheme: state.scheme,
+        protocol: request::protocol(head.version),
         bytes_in: 0,
         cause: None,
         retry_stop: None,

@@ -31,6 +31,8 @@ pub struct RequestLog {
     pub status: u16,
     /// `http` or `https` (the listener's).
     pub scheme: &'static str,
+    /// `h1` or `h2`: what the client spoke.
+    pub protocol: &'static str,
     pub bytes_in: u64,
     pub cause: Option<Cause>,
     pub retry_stop: Option<&'static str>,
@@ -110,6 +112,7 @@ impl RequestLog {
             target: self.target.as_deref(),
             status: self.status,
             scheme: self.scheme,
+            protocol: self.protocol,
             duration_ms: elapsed,
             bytes_in: self.bytes_in,
             bytes_out,

@@ -1,7 +1,7 @@
 //! The client request before it goes anywhere: checked, and its body made replayable when small.
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HOST};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST, VIA};
 use http::request::Parts;
 use http::{HeaderValue, Method, Uri, Version};
 use http_body::Body as _;
@@ -25,9 +25,63 @@ pub fn validate(head: &Parts) -> Result<(), &'static str> {
         return Err("HTTP/1.1 request without a Host header");
     }
     if head.method == Method::CONNECT {
+        // Over HTTP/2 too: extended CONNECT (RFC 8441, WebSocket over h2) is not offered, so
+        // a client falls back to HTTP/1.1 for WebSocket.
         return Err("CONNECT is not supported");
     }
+    if head.version == Version::HTTP_2 {
+        match (head.uri.authority(), first) {
+            (None, None) => return Err("HTTP/2 request without :authority or Host"),
+            // RFC 9113 §8.3.1: malformed; forwarding either would let routing and the
+            // upstream disagree about the site.
+            (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+                return Err("HTTP/2 request whose Host differs from :authority")
+            }
+            _ => {}
+        }
+    }
     super::framing::check_request(&head.headers)
+}
+
+/// `h1` or `h2`: the protocol a client request came in with, for the access log.
+pub fn protocol(version: Version) -> &'static str {
+    if version == Version::HTTP_2 {
+        "h2"
+    } else {
+        "h1"
+    }
+}
+
+/// Gives an HTTP/2 request the shape of an HTTP/1.1 one, before anything reads its headers:
+/// its `:authority` (hyper puts it in the URI) becomes the `Host` header when the client sent
+/// none, so routing, `X-Forwarded-Host`, `Forwarded: host=`, the log and the upstream all use
+/// that one authority (a `Host` that differs is refused by [`validate`]); and its `Cookie`
+/// fields, which HTTP/2 lets a client split, are joined into one with `; ` as HTTP/1.1 requires
+/// (RFC 9113 §8.2.3). HTTP/1 requests are left as they are.
+pub fn from_h2(head: &mut Parts) {
+    if head.version != Version::HTTP_2 {
+        return;
+    }
+    if !head.headers.contains_key(HOST) {
+        if let Some(v) = head
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            head.headers.insert(HOST, v);
+        }
+    }
+    let mut cookies = head.headers.get_all(COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for c in head.headers.get_all(COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(c.as_bytes());
+        }
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            head.headers.insert(COOKIE, v);
+        }
+    }
 }
 
 /// The request body, kept so it can be sent again, or streamed once.
@@ -181,6 +235,18 @@ pub fn upstream_head(mut head: Parts) -> Parts {
             head.uri = Uri::from(pq.clone());
         }
     }
+    if head.version == Version::HTTP_2 {
+        // `Via` names the protocol this hop received (RFC 9110 §7.6.3); `prepare_request`
+        // appended ours last, as `1.1`.
+        let mut vias: Vec<HeaderValue> = head.headers.get_all(VIA).iter().cloned().collect();
+        if let Some(ours) = vias.last_mut() {
+            *ours = HeaderValue::from_static("2 gatewise");
+        }
+        head.headers.remove(VIA);
+        vias.into_iter().for_each(|v| {
+            head.headers.append(VIA, v);
+        });
+    }
     head.version = Version::HTTP_11;
     head
 }
@@ -215,6 +281,75 @@ mod tests {
                 .unwrap(),
         );
         assert!(validate(&http10).is_ok());
+    }
+
+    fn h2(req: http::request::Builder) -> Parts {
+        head(req.version(Version::HTTP_2).body(()).unwrap())
+    }
+
+    #[test]
+    fn h2_authority_becomes_the_one_host() {
+        let mut h = h2(Request::get("https://app.example:8443/a?b=1"));
+        assert!(validate(&h).is_ok());
+        from_h2(&mut h);
+        assert_eq!(h.headers["host"], "app.example:8443");
+        let up = upstream_head(h);
+        assert_eq!(up.uri, "/a?b=1");
+        assert_eq!(up.version, Version::HTTP_11);
+        assert_eq!(up.headers.get_all("host").iter().count(), 1);
+        assert_eq!(up.headers["host"], "app.example:8443");
+        let mut h = h2(Request::get("https://a/")
+            .header("via", "1.1 edge")
+            .header("via", "1.1 gatewise"));
+        from_h2(&mut h);
+        let vias: Vec<_> = upstream_head(h)
+            .headers
+            .get_all("via")
+            .iter()
+            .cloned()
+            .collect();
+        assert_eq!(vias, ["1.1 edge", "2 gatewise"]);
+        // Host alone (no :authority) is kept; the same name in both is fine.
+        let mut h = h2(Request::get("/x").header("host", "b.example"));
+        from_h2(&mut h);
+        assert!(validate(&h).is_ok());
+        assert_eq!(upstream_head(h).headers["host"], "b.example");
+        let same = h2(Request::get("https://A.example/").header("host", "a.example"));
+        assert!(validate(&same).is_ok());
+    }
+
+    #[test]
+    fn h2_requests_that_cannot_be_forwarded_are_refused() {
+        let differs = h2(Request::get("https://a.example/").header("host", "b.example"));
+        assert_eq!(
+            validate(&differs),
+            Err("HTTP/2 request whose Host differs from :authority")
+        );
+        let neither = h2(Request::get("/"));
+        assert!(validate(&neither).is_err());
+        let connect = h2(Request::connect("a.example:443"));
+        assert_eq!(validate(&connect), Err("CONNECT is not supported"));
+    }
+
+    #[test]
+    fn h2_cookie_fields_are_joined_for_http1() {
+        let mut h = h2(Request::get("https://a/")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .header("cookie", "c=3"));
+        from_h2(&mut h);
+        assert_eq!(h.headers.get_all("cookie").iter().count(), 1);
+        assert_eq!(h.headers["cookie"], "a=1; b=2; c=3");
+        // HTTP/1.1 requests are not touched.
+        let mut h1 = head(
+            Request::get("/")
+                .header("cookie", "a=1")
+                .header("cookie", "b=2")
+                .body(())
+                .unwrap(),
+        );
+        from_h2(&mut h1);
+        assert_eq!(h1.headers.get_all("cookie").iter().count(), 2);
     }
 
     #[test]

@@ -66,6 +66,7 @@ pub fn to_https<B>(
         request_id: "",
         client: peer,
         method: req.method().as_str(),
+        protocol: crate::proxy::request::protocol(req.version()),
         host: req
             .headers()
             .get(HOST)

@@ -102,7 +102,8 @@ pub struct Terminator {
 }
 
 impl Terminator {
-    /// Loads the certificates and builds the server config: TLS 1.3 and 1.2, ALPN `http/1.1`,
+    /// Loads the certificates and builds the server config: TLS 1.3 and 1.2, ALPN `h2` then
+    /// `http/1.1` (the client's order decides among those it offers, rustls picks ours first),
     /// session resumption by tickets whose keys rotate (rustls' ring ticketer: a new key every
     /// 6 hours, the previous one still accepted) and by a session cache.
     pub fn new(config: &ListenerTlsConfig) -> Result<Terminator, String> {
@@ -112,7 +113,7 @@ impl Terminator {
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_cert_resolver(store.clone());
-        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
         Ok(Terminator {
             acceptor: TlsAcceptor::from(Arc::new(server)),

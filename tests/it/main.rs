@@ -16,6 +16,8 @@ mod framing;
 mod hardening;
 mod health;
 mod hold;
+mod http2;
+mod http2_limits;
 mod idle;
 mod metrics;
 mod proxy;

@@ -55,7 +55,7 @@ async fn two_sni_names_are_served_their_own_certificates() {
             }
         };
         assert_eq!(served_names(&tls)[0], want, "SNI {sni}");
-        // The client offers h2 and http/1.1: gatewise picks http/1.1 (h2 is not served yet).
+        // The client offers http/1.1 only and gets it (h2 by ALPN: tests/it/http2.rs).
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
         let mut h1 = H1::over(tls).await;
         let (parts, _) = h1.get(sni, "/x").await;

@@ -75,6 +75,10 @@ pub const TUNNELS_OPEN_HELP: &str = "Upgraded connections (WebSocket tunnels) op
 pub const TUNNELS: &str = "gatewise_tunnels_total";
 pub const TUNNELS_HELP: &str =
     "Upgraded connections (WebSocket tunnels) ended, by route and who closed: client, upstream, idle_timeout, shutdown";
+pub const CLIENT_CONNECTIONS: &str = "gatewise_client_connections_total";
+pub const CLIENT_CONNECTIONS_HELP: &str =
+    "Client connections accepted, by listener and the protocol the client chose: h1 (HTTP/1.x) or h2 (HTTP/2 by ALPN or h2c prior knowledge)";
+
 pub const RELOADS: &str = "gatewise_config_reloads_total";
 pub const RELOADS_HELP: &str =
     "Config reloads by result: ok (a new snapshot serves) or failed (the running config was kept)";

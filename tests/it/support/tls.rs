@@ -241,9 +241,17 @@ pub async fn tls_connect_with(
         .await
 }
 
-/// A client trusting `ca`, offering ALPN h2 and http/1.1.
+/// A client trusting `ca`, offering ALPN http/1.1 only (an HTTP/1 client; the HTTP/2 tests
+/// offer h2 with [`client_config_alpn`]).
 pub fn client_config(ca: &str) -> Arc<rustls::ClientConfig> {
     client_config_versions(ca, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`client_config`] offering only the ALPN protocols `alpn`.
+pub fn client_config_alpn(ca: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut config = Arc::unwrap_or_clone(client_config(ca));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
 }
 
 /// [`client_config`] speaking only `versions`.
@@ -260,7 +268,7 @@ pub fn client_config_versions(
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Arc::new(config)
 }
 
