@@ -44,7 +44,8 @@ pub fn expectations(config: &Config) -> Vec<(String, Expect)> {
                 t.clone(),
                 Expect {
                     upstream: name.clone(),
-                    tls: false,
+                    // `protocol = "https"`: the port must speak TLS.
+                    tls: up.tls.is_some(),
                     health: health.clone(),
                     path: "/".to_string(),
                     connect_timeout: up.connect_timeout,

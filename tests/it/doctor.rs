@@ -163,6 +163,16 @@ async fn check_says_a_tls_port_is_configured_as_plain_http() {
         tls.addr
     );
     assert!(out.contains(&want), "{out}");
+    // The same port under `protocol = "https"` is as configured: no finding.
+    let https = config_file(
+        "tls-https",
+        &[tls.addr.to_string()],
+        "protocol = \"https\"\ninsecure_skip_verify = true",
+        "",
+    );
+    let (code, out, _) = gatewise(&["check", https.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("speaks TLS, as configured"), "{out}");
     // `doctor https://…` expects TLS: no finding on that layer.
     let url = format!("https://{}/", tls.addr);
     let (code, out, _) = gatewise(&["doctor", &url]).await;
