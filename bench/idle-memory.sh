@@ -90,35 +90,6 @@ nginx -p "$work" -c "$work/upstream.conf" -e "$work/upstream-error.log" &
 pids+=($!)
 wait_port "$up_port"
 
-# The client: opens N connections, one request on each (read to the end of its body), then
-# holds them until stdin gets a line.
-cat >"$work/idle.py" <<'EOF'
-import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-conns = []
-req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-for _ in range(n):
-    s = socket.create_connection(("127.0.0.1", port), timeout=10)
-    s.sendall(req)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            sys.exit("connection closed early")
-        buf += chunk
-    head, _, body = buf.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        k, _, v = line.partition(b":")
-        if k.strip().lower() == b"content-length":
-            length = int(v)
-    while len(body) < length:
-        body += s.recv(65536)
-    conns.append(s)
-print("open", flush=True)
-sys.stdin.readline()
-EOF
-
 tree() { echo "$1" $(pgrep -P "$1" || true); }
 # Sum of a /proc/PID/<file> field (KiB) over a process tree.
 field_kib() { # pid file field
@@ -185,10 +156,10 @@ measure() { # name n
     pid=$("start_$name" "$port")
     pids+=("$pid")
     wait_port "$port"
-    python3 "$work/idle.py" "$port" 20 </dev/null >/dev/null 2>&1 || true # warm: pool, first allocations
+    python3 "$root/bench/idle-clients.py" "$port" 20 </dev/null >/dev/null 2>&1 || true # warm: pool, first allocations
     base_rss=$(field_kib "$pid" status VmRSS)
     base_pss=$(field_kib "$pid" smaps_rollup Pss)
-    coproc IDLE { python3 "$work/idle.py" "$port" "$n" 2>&1; }
+    coproc IDLE { python3 "$root/bench/idle-clients.py" "$port" "$n" 2>&1; }
     local idle_pid=$IDLE_PID
     read -r -t 120 line <&"${IDLE[0]}" || line="timeout"
     if [ "$line" = open ]; then

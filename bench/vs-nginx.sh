@@ -294,41 +294,11 @@ awk '
         }
     }' "$results"
 
-# --- memory -------------------------------------------------------------------------------------
-# Opens $IDLE_CONNS client connections, makes one request on each (so each is a live keep-alive
-# connection, as a browser would leave it), reports, then holds them until told to close.
-cat >"$work/idle.py" <<'EOF'
-import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-conns = []
-req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
-for _ in range(n):
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(req)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            sys.exit("connection closed early")
-        buf += chunk
-    head, _, body = buf.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        k, _, v = line.partition(b":")
-        if k.strip().lower() == b"content-length":
-            length = int(v)
-    while len(body) < length:
-        body += s.recv(65536)
-    conns.append(s)
-print("open", flush=True)
-sys.stdin.readline()  # hold the connections until the caller writes a line or exits
-EOF
-
 echo "== memory (PSS of the proxy's process tree; $IDLE_CONNS idle keep-alive client connections)"
 memory() { # name pid port
     local name=$1 pid=$2 port=$3 base loaded line
     base=$(pss_kib "$pid")
-    coproc IDLE { python3 "$work/idle.py" "$port" "$IDLE_CONNS" 2>&1; }
+    coproc IDLE { python3 "$root/bench/idle-clients.py" "$port" "$IDLE_CONNS" 2>&1; }
     # Remembered only while it runs, so cleanup never signals a recycled pid.
     idle_pid=$IDLE_PID
     read -r -t 60 line <&"${IDLE[0]}" || line="timeout"

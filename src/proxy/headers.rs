@@ -196,17 +196,7 @@ pub fn new_request_id() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::proxy::test_headers as map;
 
     #[test]
     fn requests_from_a_tls_listener_say_https() {

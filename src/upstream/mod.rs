@@ -253,11 +253,6 @@ impl Upstream {
         )
     }
 
-    /// The target with this id, if it is still in this upstream.
-    pub fn target_by_id(&self, id: u64) -> Option<&Arc<Target>> {
-        self.targets.iter().find(|t| t.id == id)
-    }
-
     /// Requests waiting in the queue now.
     pub fn queue_depth(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
