@@ -8,6 +8,7 @@
 //! ([`proxy::retry`]), and written to the access log ([`observe::access_log`]) with every attempt.
 //! [`config`] turns TOML into a typed [`config::Config`]; [`doctor`] diagnoses other proxies.
 
+pub mod acme;
 pub mod body;
 pub mod cause;
 pub mod cli;

@@ -28,6 +28,28 @@ pub struct RawFile {
     pub listeners: Vec<Spanned<Option<RawListener>>>,
     pub routes: Vec<Spanned<Option<RawRoute>>>,
     pub upstreams: Vec<RawUpstreamEntry>,
+    /// `[acme]`: where automatic certificates come from and are kept.
+    pub acme: Option<Spanned<Option<RawAcme>>>,
+}
+
+/// `[acme]`: settings shared by every `tls = { acme = ... }` listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: Option<Str>,
+    pub staging: Option<Spanned<bool>>,
+    pub ca_bundle: Option<Str>,
+    pub state_dir: Option<Str>,
+    pub renew_before: Option<Str>,
+}
+
+/// `tls = { acme = { email, domains, challenge } }` on a listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerAcme {
+    pub email: Option<Str>,
+    pub domains: Option<Spanned<Vec<Str>>>,
+    pub challenge: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +91,7 @@ pub struct RawListenerTls {
     pub handshake_timeout: Option<Str>,
     pub reload_interval: Option<Str>,
     pub expiry_warning: Option<Str>,
+    pub acme: Option<Spanned<RawListenerAcme>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,7 +236,7 @@ pub struct ReadError {
 }
 
 const TOP_KEYS: &str =
-    "workers, admin, access_log, drain_delay, shutdown_timeout, watch_config, upgrade_socket, listener, route, upstream";
+    "workers, admin, access_log, drain_delay, shutdown_timeout, watch_config, upgrade_socket, listener, route, upstream, acme";
 
 /// Reads `src` section by section. `Err` means the TOML itself is malformed (nothing else is
 /// worth checking); `Ok` carries whatever could be read plus the per-section errors.
@@ -239,6 +262,7 @@ pub fn read(src: &str) -> Result<(RawFile, Vec<ReadError>), Vec<ReadError>> {
             "listener" => raw.listeners = array_of_tables(value, "listener", &mut errors),
             "route" => raw.routes = array_of_tables(value, "route", &mut errors),
             "upstream" => raw.upstreams = upstreams(value, &mut errors),
+            "acme" => raw.acme = Some(spanned_section(value, "acme", &mut errors)),
             other => errors.push(ReadError {
                 span: key_span,
                 field: other.to_string(),

@@ -10,6 +10,7 @@ pub mod reload;
 #[cfg(test)]
 mod tests;
 mod validate;
+mod validate_acme;
 mod validate_http2;
 mod validate_routes;
 mod validate_tls;
@@ -134,6 +135,37 @@ pub struct ListenerTlsConfig {
     pub reload_interval: Duration,
     /// A certificate closer than this to its expiry is warned about.
     pub expiry_warning: Duration,
+    /// `acme = { ... }`: a certificate obtained and renewed from an ACME CA (`src/acme/`),
+    /// served before the files of `certificates` for its names.
+    pub acme: Option<AcmeCertConfig>,
+}
+
+/// One automatically managed certificate: the listener's `acme` table with the `[acme]`
+/// section's settings filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcmeCertConfig {
+    /// Contact address of the ACME account.
+    pub email: String,
+    /// DNS names the certificate is for (lower-case; the first names its files).
+    pub domains: Vec<String>,
+    pub challenge: AcmeChallenge,
+    /// The ACME directory URL (`https://`).
+    pub directory: String,
+    /// Trust only these CAs when talking to the directory (a private ACME server).
+    pub ca_bundle: Option<PathBuf>,
+    /// Account key and certificates, kept across restarts.
+    pub state_dir: PathBuf,
+    /// Renew when less than this is left (or a third of the certificate's lifetime, if less).
+    pub renew_before: Duration,
+}
+
+/// How the CA is shown that gatewise answers for a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// RFC 8737: on the TLS listener itself, by a certificate for ALPN `acme-tls/1`.
+    TlsAlpn01,
+    /// RFC 8555 §8.3: `/.well-known/acme-challenge/TOKEN` on a plain listener (port 80).
+    Http01,
 }
 
 /// A certificate chain file and its private key file (relative paths already resolved against
@@ -343,6 +375,10 @@ pub mod defaults {
     pub const TLS_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
     pub const OUTAGE_HOLD: Duration = Duration::from_secs(10);
     pub const OUTAGE_HOLD_QUEUE: usize = 4096;
+    pub const ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+    pub const ACME_STAGING_DIRECTORY: &str =
+        "https://acme-staging-v02.api.letsencrypt.org/directory";
+    pub const ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 }
 
 /// The name of a route whose config gives none: its host pattern and path prefix.

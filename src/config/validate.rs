@@ -72,6 +72,7 @@ pub fn parse(src: &str, file: &str) -> Result<Config, ConfigErrors> {
         src,
         file,
         errors: Vec::new(),
+        acme_at: Vec::new(),
     };
     let raw = match file::read(src) {
         Ok((raw, errors)) => {
@@ -100,6 +101,9 @@ pub(super) struct Cx<'a> {
     src: &'a str,
     file: &'a str,
     errors: Vec<ConfigError>,
+    /// Where each listener's `acme` table was written, in listener order (for the checks that
+    /// need every listener, `validate_acme::global`).
+    pub(super) acme_at: Vec<super::validate_acme::AcmeAt>,
 }
 
 impl Cx<'_> {
@@ -246,6 +250,7 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         listeners,
         routes,
         upstreams,
+        acme,
     } = raw;
     let workers = workers.map(|w| cx.nonzero(Some(w), "workers", 1));
     let (admin, admin_span) = admin_config(cx, admin);
@@ -257,7 +262,8 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         defaults::SHUTDOWN_TIMEOUT,
         false,
     );
-    let (listeners, listeners_complete) = validate_routes::listener_configs(cx, listeners);
+    let (mut listeners, listeners_complete) = validate_routes::listener_configs(cx, listeners);
+    super::validate_acme::global(cx, acme, &mut listeners);
     if let Some(admin_addr) = admin.listen {
         if let Some(l) = listeners
             .iter()

@@ -28,15 +28,19 @@ pub(super) fn listener_tls(
         handshake_timeout,
         reload_interval,
         expiry_warning,
+        acme,
     } = raw.into_inner();
+    let acme =
+        acme.and_then(|a| super::validate_acme::listener_acme(cx, a, &format!("{field}.acme")));
     let f = |k: &str| format!("{field}.{k}");
     let mut pairs = Vec::new();
     match (cert, key, certificates) {
+        (None, None, None) if acme.is_some() => {}
         (None, None, None) => {
             cx.err(
                 span.clone(),
                 field,
-                "needs `cert` and `key`, or `certificates = [{ cert, key }, ...]`",
+                "needs `cert` and `key`, `certificates = [{ cert, key }, ...]`, or `acme = { email, domains }`",
             );
         }
         (cert, key, None) => {
@@ -87,8 +91,9 @@ pub(super) fn listener_tls(
             defaults::TLS_EXPIRY_WARNING,
             false,
         ),
+        acme,
     };
-    (!config.certificates.is_empty()).then_some(config)
+    (!config.certificates.is_empty() || config.acme.is_some()).then_some(config)
 }
 
 /// The key names of a certificate pair on a listener.

@@ -42,6 +42,8 @@ pub struct Shared {
     /// Set when a new process took the sockets over: the drain skips `drain_delay` (the new
     /// process is already serving) and the process exits once its requests are done.
     pub handed_over: AtomicBool,
+    /// Automatic certificates (ACME) and their open challenges.
+    pub acme: Arc<crate::acme::Acme>,
 }
 
 impl Shared {
@@ -111,6 +113,8 @@ impl Gateway {
         };
         let certificates = crate::observe::metrics::CertificateList::default();
         metrics.register_certificates(certificates.clone());
+        let acme = Arc::new(crate::acme::Acme::default());
+        metrics.register_acme(acme.clone());
         let snapshot =
             Snapshot::build(config.clone(), None, &metrics).map_err(anyhow::Error::msg)?;
         metrics.set_upstreams(snapshot.upstreams.values());
@@ -126,6 +130,7 @@ impl Gateway {
             admin_socket,
             certificates,
             handed_over: AtomicBool::new(false),
+            acme,
         });
         let drain = Drain::default();
         let live = Live::bind(shared.clone(), access_log, drain.signal(), &mut inherited).await?;

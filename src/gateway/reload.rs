@@ -188,7 +188,7 @@ impl Live {
 
     fn listener(&self, lc: &ListenerConfig, socket: TcpListener) -> anyhow::Result<LiveListener> {
         let bound = socket.local_addr()?;
-        let tls = terminator(lc)?;
+        let tls = terminator(lc, &self.shared.acme)?;
         Ok(LiveListener {
             tls: Arc::new(arc_swap::ArcSwapOption::new(tls.map(Arc::new))),
             tls_watch: None,
@@ -205,6 +205,7 @@ impl Live {
                 scheme: if lc.tls.is_some() { "https" } else { "http" },
                 expose_details: lc.expose_details.into(),
                 allow_trace: lc.allow_trace.into(),
+                acme: self.shared.acme.challenges.clone(),
             }),
             socket: Some(socket),
             task: None,
@@ -245,6 +246,12 @@ impl Live {
                 l.tls_watch = Some(AbortOnDrop(tokio::spawn(tls.watch(name.clone()))));
             }
         }
+        // Automatic certificates no listener serves any more stop renewing.
+        let in_use: Vec<_> = certificates
+            .iter()
+            .filter_map(|(_, store)| store.acme().cloned())
+            .collect();
+        self.shared.acme.retain(&in_use);
         self.shared.certificates.store(Arc::new(certificates));
         let sockets = self
             .listeners
@@ -432,7 +439,7 @@ impl Live {
                         lc.name
                     )));
                 } else if old.tls != lc.tls {
-                    match terminator(lc) {
+                    match terminator(lc, &self.shared.acme) {
                         Ok(t) => new_tls.push((lc.name.clone(), t)),
                         Err(e) => errors.push(message_error(e.to_string())),
                     }
@@ -529,12 +536,19 @@ impl Live {
 }
 
 /// The TLS side of a listener as configured (its files loaded and checked), or `None`: plain.
-fn terminator(lc: &ListenerConfig) -> anyhow::Result<Option<Terminator>> {
+/// An `acme` certificate is taken from the gateway's (its renewal task started if new).
+fn terminator(lc: &ListenerConfig, acme: &crate::acme::Acme) -> anyhow::Result<Option<Terminator>> {
     match &lc.tls {
         None => Ok(None),
-        Some(tc) => Terminator::new(tc)
-            .map(Some)
-            .map_err(|e| anyhow::anyhow!("listener {}: {e}", lc.name)),
+        Some(tc) => {
+            let side = tc.acme.as_ref().map(|ac| crate::server::tls::AcmeSide {
+                managed: acme.managed(ac, tc.reload_interval),
+                challenges: acme.challenges.clone(),
+            });
+            Terminator::with_acme(tc, side)
+        }
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("listener {}: {e}", lc.name)),
     }
 }
 

@@ -8,6 +8,7 @@
 //! Only error requests (a cause other than `none`) go through a family lookup.
 //! Upstream gauges and health counters are read at scrape time (see [`upstream`]).
 
+mod acme;
 mod histogram;
 pub mod names;
 mod route;
@@ -220,6 +221,12 @@ impl Metrics {
     pub fn register_certificates(&mut self, stores: tls::CertificateList) {
         self.registry
             .register_collector(Box::new(tls::CertificateCollector { stores }));
+    }
+
+    /// Exposes the automatic certificates (expiry, orders, last attempt).
+    pub fn register_acme(&mut self, acme: Arc<crate::acme::Acme>) {
+        self.registry
+            .register_collector(Box::new(acme::AcmeCollector { acme }));
     }
 
     /// The handles of one route (`name` is the route label); built when the route is (at start

@@ -109,6 +109,12 @@ pub fn document(shared: &Shared) -> Value {
             (listener.clone(), Value::from(certs))
         })
         .collect();
+    let acme: Vec<Value> = shared
+        .acme
+        .list()
+        .iter()
+        .map(|m| acme_status(m, now))
+        .collect();
     let ready = shared.not_ready();
     json!({
         "ready": ready.is_none(),
@@ -119,6 +125,40 @@ pub fn document(shared: &Shared) -> Value {
         "routes": routes,
         "upstreams": upstreams,
         "certificates": certificates,
+        "acme": acme,
+    })
+}
+
+/// One automatic certificate: what is served, and how its last order went (a failure names
+/// the ACME problem document's type and detail).
+fn acme_status(m: &crate::acme::Managed, now: std::time::SystemTime) -> Value {
+    let s = m.status();
+    let time = |t: Option<std::time::SystemTime>| {
+        t.map(|t| humantime::format_rfc3339_seconds(t).to_string())
+    };
+    let last_result = match &s.last_result {
+        None => Value::Null,
+        Some(Ok(())) => json!({ "ok": true }),
+        Some(Err(f)) => json!({
+            "ok": false,
+            "problem_type": f.problem_type,
+            "detail": f.detail,
+        }),
+    };
+    json!({
+        "name": m.name,
+        "domains": m.domains,
+        "state": s.state.as_str(),
+        "issuer": s.issuer,
+        "not_after": time(s.not_after),
+        "seconds_to_expiry": m.info().map(|i| i.seconds_left(now)),
+        "renew_at": time(s.renew_at),
+        "account": s.account,
+        "last_attempt": time(s.last_attempt),
+        "last_result": last_result,
+        "next_attempt": time(s.next_attempt),
+        "orders_ok": s.orders_ok,
+        "orders_failed": s.orders_failed,
     })
 }
 

@@ -53,6 +53,8 @@ pub struct ListenerState {
     pub expose_details: std::sync::atomic::AtomicBool,
     /// The listener's `allow_trace`.
     pub allow_trace: std::sync::atomic::AtomicBool,
+    /// Open ACME HTTP-01 challenges, answered before routing (`acme/challenge.rs`).
+    pub acme: Arc<crate::acme::Challenges>,
 }
 
 /// Handles one client request; never fails: every error becomes a response with its cause.

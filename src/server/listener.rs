@@ -130,7 +130,9 @@ async fn serve_connection<IO>(
         }
         let h2 = req.version() == hyper::Version::HTTP_2;
         async move {
-            let mut resp = if redirect {
+            let mut resp = if let Some(answer) = crate::acme::answer_http01(&state.acme, &req) {
+                answer
+            } else if redirect {
                 super::redirect::to_https(&state, peer, &req)
             } else {
                 forward::handle(&state, peer, req).await

@@ -28,10 +28,26 @@ use crate::config::{CertKeyPaths, ListenerTlsConfig};
 use crate::tls::{self, CertInfo, LoadedCert, PemError};
 
 /// The certificates a listener serves now.
-#[derive(Debug)]
 pub struct CertStore {
     current: ArcSwap<Vec<LoadedCert>>,
     paths: Vec<CertKeyPaths>,
+    acme: Option<AcmeSide>,
+}
+
+/// A listener's automatic certificate (`tls = { acme = ... }`) and the gateway's open
+/// TLS-ALPN-01 challenges.
+pub struct AcmeSide {
+    pub managed: Arc<crate::acme::Managed>,
+    pub challenges: Arc<crate::acme::Challenges>,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore")
+            .field("paths", &self.paths)
+            .field("acme", &self.acme.as_ref().map(|a| &a.managed.name))
+            .finish()
+    }
 }
 
 impl CertStore {
@@ -40,22 +56,55 @@ impl CertStore {
         Ok(CertStore {
             current: ArcSwap::from_pointee(load_all(paths)?),
             paths: paths.to_vec(),
+            acme: None,
         })
     }
 
-    /// The certificate for `sni`: the first whose names match it, else the first (default).
-    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+    /// The certificate for `sni`: the automatic one if it matches, else the first file whose
+    /// names match it, else the first file (default), else the automatic one. `acme_alpn`: the
+    /// client offered ALPN `acme-tls/1` (a CA validating TLS-ALPN-01), which gets the open
+    /// challenge's certificate for the name.
+    fn pick(&self, sni: Option<&str>, acme_alpn: bool) -> Option<Arc<CertifiedKey>> {
+        let sni = sni.map(|name| name.to_ascii_lowercase());
+        let managed = self.acme.as_ref().and_then(|a| a.managed.current());
+        if let (Some(acme), true) = (&self.acme, acme_alpn) {
+            let challenge = sni.as_deref().and_then(|n| acme.challenges.tls_alpn01(n));
+            if challenge.is_some() {
+                return challenge;
+            }
+        }
+        if let (Some(m), Some(name)) = (&managed, &sni) {
+            if m.info.matches(name) {
+                return Some(m.key.clone());
+            }
+        }
         let certs = self.current.load();
         let chosen = sni
-            .map(|name| name.to_ascii_lowercase())
             .and_then(|name| certs.iter().find(|c| c.info.matches(&name)))
             .or_else(|| certs.first());
-        chosen.map(|c| c.key.clone())
+        match (chosen, managed) {
+            (Some(c), _) => Some(c.key.clone()),
+            (None, Some(m)) => Some(m.key.clone()),
+            (None, None) => {
+                if let Some(acme) = &self.acme {
+                    tracing::debug!(certificate = %acme.managed.name, "TLS handshake refused: no ACME certificate yet");
+                }
+                None
+            }
+        }
     }
 
-    /// What each certificate says about itself, in config order.
+    /// What each certificate says about itself: the files in config order, then the
+    /// automatic one (once obtained).
     pub fn infos(&self) -> Vec<CertInfo> {
-        self.current.load().iter().map(|c| c.info.clone()).collect()
+        let mut infos: Vec<CertInfo> = self.current.load().iter().map(|c| c.info.clone()).collect();
+        infos.extend(self.acme.as_ref().and_then(|a| a.managed.info()));
+        infos
+    }
+
+    /// The automatic certificate of this listener, if it has one configured.
+    pub fn acme(&self) -> Option<&Arc<crate::acme::Managed>> {
+        self.acme.as_ref().map(|a| &a.managed)
     }
 
     /// Loads the files again if their bytes changed; returns whether a new set was swapped in.
@@ -90,7 +139,10 @@ fn load_all(paths: &[CertKeyPaths]) -> Result<Vec<LoadedCert>, PemError> {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
+        let acme_alpn = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == crate::acme::ACME_TLS_ALPN));
+        self.pick(hello.server_name(), acme_alpn)
     }
 }
 
@@ -107,13 +159,31 @@ impl Terminator {
     /// session resumption by tickets whose keys rotate (rustls' ring ticketer: a new key every
     /// 6 hours, the previous one still accepted) and by a session cache.
     pub fn new(config: &ListenerTlsConfig) -> Result<Terminator, String> {
-        let store = Arc::new(CertStore::load(&config.certificates).map_err(|e| e.to_string())?);
+        Self::with_acme(config, None)
+    }
+
+    /// [`Terminator::new`] with the listener's automatic certificate; ALPN then also offers
+    /// `acme-tls/1`, last, for the CA's TLS-ALPN-01 validation (only a client offering nothing
+    /// else gets it).
+    pub fn with_acme(
+        config: &ListenerTlsConfig,
+        acme: Option<AcmeSide>,
+    ) -> Result<Terminator, String> {
+        let with_acme = acme.is_some();
+        let mut store = CertStore::load(&config.certificates).map_err(|e| e.to_string())?;
+        store.acme = acme;
+        let store = Arc::new(store);
         let mut server = ServerConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| e.to_string())?
             .with_no_client_auth()
             .with_cert_resolver(store.clone());
         server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        if with_acme {
+            server
+                .alpn_protocols
+                .push(crate::acme::ACME_TLS_ALPN.to_vec());
+        }
         server.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| e.to_string())?;
         Ok(Terminator {
             acceptor: TlsAcceptor::from(Arc::new(server)),
@@ -175,6 +245,11 @@ impl Terminator {
                 _ => return None,
             }
             match self.acceptor.accept(stream).await {
+                // A TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 §3).
+                Ok(tls) if tls.get_ref().1.alpn_protocol() == Some(crate::acme::ACME_TLS_ALPN) => {
+                    tracing::debug!("answered a TLS-ALPN-01 validation");
+                    None
+                }
                 Ok(tls) => Some(tls),
                 Err(err) => {
                     tracing::debug!(%err, "TLS handshake failed");

@@ -254,6 +254,7 @@ fn listener_tls(cert: &std::path::Path, key: &std::path::Path) -> ListenerTlsCon
         handshake_timeout: Duration::from_secs(5),
         reload_interval: Duration::from_secs(60),
         expiry_warning: Duration::from_secs(86400),
+        acme: None,
     }
 }
 

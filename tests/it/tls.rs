@@ -16,6 +16,7 @@ fn listener_tls(pairs: Vec<gatewise::config::CertKeyPaths>) -> ListenerTlsConfig
         handshake_timeout: Duration::from_millis(300),
         reload_interval: Duration::from_millis(50),
         expiry_warning: Duration::from_secs(14 * 86400),
+        acme: None,
     }
 }
 

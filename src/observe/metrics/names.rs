@@ -93,3 +93,16 @@ pub const CONFIG_LAST_RELOAD_HELP: &str =
 pub const TLS_CERTIFICATE_EXPIRY: &str = "gatewise_tls_certificate_expiry_seconds";
 pub const TLS_CERTIFICATE_EXPIRY_HELP: &str =
     "Seconds until a certificate a TLS listener serves expires (negative once expired), by listener and the certificate's first name";
+
+pub const ACME_CERTIFICATE_EXPIRY: &str = "gatewise_acme_certificate_expiry_seconds";
+pub const ACME_CERTIFICATE_EXPIRY_HELP: &str =
+    "Seconds until an automatic (ACME) certificate expires, by its first name; absent until one is obtained";
+pub const ACME_ORDERS: &str = "gatewise_acme_orders_total";
+pub const ACME_ORDERS_HELP: &str =
+    "ACME orders (obtain or renew) by certificate and result (ok, failed)";
+pub const ACME_LAST_ATTEMPT: &str = "gatewise_acme_last_attempt_timestamp_seconds";
+pub const ACME_LAST_ATTEMPT_HELP: &str =
+    "Unix time of the last ACME order attempt for a certificate; 0 before the first";
+pub const ACME_LAST_ATTEMPT_OK: &str = "gatewise_acme_last_attempt_success";
+pub const ACME_LAST_ATTEMPT_OK_HELP: &str =
+    "1 when the last ACME order attempt for a certificate succeeded, 0 when it failed (or none yet)";

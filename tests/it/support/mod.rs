@@ -2,6 +2,7 @@
 //! the captured access log.
 
 pub mod node;
+pub mod pebble;
 pub mod tls;
 pub mod traffic;
 pub mod upstream;
