@@ -2,7 +2,7 @@
 //! renewed before expiry, swapped into the listener's SNI resolver without a restart.
 //!
 //! One [`Managed`] certificate per distinct `tls = { acme = ... }` setting (listeners with the
-//! same one share it), each with a task that runs [`Managed::run`]: load what the state
+//! same one share it), each with a task that runs `Managed::run`: load what the state
 //! directory holds, sleep until renewal is due, then — holding the certificate's lock file, so
 //! that of several instances sharing the directory one orders and the others pick the result
 //! up from the files — order, store, swap. Failures are retried with exponential backoff and

@@ -9,6 +9,8 @@ mod file;
 pub mod reload;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_acme;
 mod validate;
 mod validate_acme;
 mod validate_http2;

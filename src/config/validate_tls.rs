@@ -30,12 +30,13 @@ pub(super) fn listener_tls(
         expiry_warning,
         acme,
     } = raw.into_inner();
+    let acme_given = acme.is_some();
     let acme =
         acme.and_then(|a| super::validate_acme::listener_acme(cx, a, &format!("{field}.acme")));
     let f = |k: &str| format!("{field}.{k}");
     let mut pairs = Vec::new();
     match (cert, key, certificates) {
-        (None, None, None) if acme.is_some() => {}
+        (None, None, None) if acme_given => {}
         (None, None, None) => {
             cx.err(
                 span.clone(),
