@@ -147,7 +147,6 @@ async fn tls_alpn_01_certificate_is_obtained_and_served() {
     let gw = start(&toml, vec![("public", tls_socket)]).await;
     let managed = gw.managed();
 
-    // Before the first certificate, a handshake for the name fails (no placeholder).
     until("the first order", Duration::from_secs(60), || {
         managed.current().is_some() || managed.status().orders_failed > 0
     })
@@ -532,4 +531,78 @@ async fn two_instances_sharing_a_state_dir_order_once() {
     assert_eq!(pebble.orders(), 1);
     a.stop().await;
     b.stop().await;
+}
+
+/// Before the first certificate exists (here the CA cannot be reached at all), a handshake for
+/// the name fails rather than getting a placeholder, and `/status` says why. No pebble needed.
+#[tokio::test]
+async fn no_certificate_yet_fails_the_handshake_and_reports_why() {
+    let dir = TempDir::new();
+    let bundle = dir.write(
+        "ca.pem",
+        &crate::support::tls::TestCa::new("unused ca").cert_pem,
+    );
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let tls_socket = socket();
+    let tls_addr = tls_socket.local_addr().unwrap();
+    let up = upstream::ok("hello").await;
+    let toml = format!(
+        r#"
+access_log = "off"
+[admin]
+listen = "off"
+[[listener]]
+name = "public"
+listen = "{tls_addr}"
+tls = {{ acme = {{ email = "ops@gatewise.test", domains = ["{NAME}"] }} }}
+[[route]]
+listener = "public"
+upstream = "app"
+[upstream.app]
+targets = ["{}"]
+[acme]
+directory = "https://{closed}/dir"
+ca_bundle = "{}"
+state_dir = "{}"
+"#,
+        up.addr,
+        bundle.display(),
+        dir.0.join("state").display()
+    );
+    let gw = start(&toml, vec![("public", tls_socket)]).await;
+    let managed = gw.managed();
+    until("the failed first order", Duration::from_secs(30), || {
+        managed.status().orders_failed >= 1
+    })
+    .await;
+    let status = managed.status();
+    assert_eq!(status.state, State::NoCertificate);
+    let Some(Err(failure)) = &status.last_result else {
+        panic!("{:?}", status.last_result)
+    };
+    assert_eq!(failure.problem_type, None);
+    assert!(failure.detail.contains("cannot connect"), "{failure:?}");
+    // The retry is planned about a minute later (60 s ± 20%).
+    let retry = status
+        .next_attempt
+        .unwrap()
+        .duration_since(status.last_attempt.unwrap())
+        .unwrap();
+    assert!(
+        retry >= Duration::from_secs(47) && retry <= Duration::from_secs(73),
+        "{retry:?}"
+    );
+    let err = tls_connect(
+        tls_addr,
+        NAME,
+        &crate::support::tls::TestCa::new("x").cert_pem,
+    )
+    .await
+    .expect_err("no certificate to serve");
+    assert!(err.to_string().contains("alert"), "{err}");
+    gw.stop().await;
 }
