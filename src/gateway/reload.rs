@@ -212,6 +212,16 @@ impl Live {
         })
     }
 
+    /// Automatic certificates no serving listener uses stop renewing.
+    fn retain_acme(&self) {
+        let in_use: Vec<_> = self
+            .listeners
+            .iter()
+            .filter_map(|(_, l)| l.tls.load_full()?.store.acme().cloned())
+            .collect();
+        self.shared.acme.retain(&in_use);
+    }
+
     /// Starts the accept loops of bound listeners and the health checks of every upstream
     /// without them.
     pub fn start(&mut self) {
@@ -246,13 +256,8 @@ impl Live {
                 l.tls_watch = Some(AbortOnDrop(tokio::spawn(tls.watch(name.clone()))));
             }
         }
-        // Automatic certificates no listener serves any more stop renewing.
-        let in_use: Vec<_> = certificates
-            .iter()
-            .filter_map(|(_, store)| store.acme().cloned())
-            .collect();
-        self.shared.acme.retain(&in_use);
         self.shared.certificates.store(Arc::new(certificates));
+        self.retain_acme();
         let sockets = self
             .listeners
             .iter()
@@ -473,10 +478,19 @@ impl Live {
             }
         }
         if !errors.is_empty() {
+            // Managers started for certificates of the refused config stop again.
+            drop((bound, new_tls));
+            self.retain_acme();
             return Err(errors);
         }
-        let snapshot = Snapshot::build(config, Some(&old), &self.shared.metrics)
-            .map_err(|e| vec![message_error(e)])?;
+        let snapshot = match Snapshot::build(config, Some(&old), &self.shared.metrics) {
+            Ok(s) => s,
+            Err(e) => {
+                drop((bound, new_tls));
+                self.retain_acme();
+                return Err(vec![message_error(e)]);
+            }
+        };
         let new_config = snapshot.config.clone();
         self.shared
             .metrics

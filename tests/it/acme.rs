@@ -30,6 +30,9 @@ fn socket() -> std::net::TcpListener {
 struct Running {
     task: tokio::task::JoinHandle<()>,
     shared: Arc<Shared>,
+    /// The config file (a reload reads it again).
+    config: std::path::PathBuf,
+    _dir: TempDir,
 }
 
 impl Running {
@@ -62,6 +65,7 @@ fn config_toml(
     format!(
         r#"
 access_log = "off"
+watch_config = false
 [admin]
 listen = "127.0.0.1:0"
 
@@ -103,10 +107,13 @@ async fn start(toml: &str, sockets: Vec<(&str, std::net::TcpListener)>) -> Runni
     let gateway = Gateway::bind_inherited(&config, AccessLog::capture().0, inherited)
         .await
         .expect("gateway binds");
+    let gateway = gateway.with_config_path(path.clone());
     let shared = gateway.shared();
     Running {
         task: tokio::spawn(gateway.serve()),
         shared,
+        config: path,
+        _dir: dir,
     }
 }
 
@@ -604,5 +611,55 @@ state_dir = "{}"
     .await
     .expect_err("no certificate to serve");
     assert!(err.to_string().contains("alert"), "{err}");
+    gw.stop().await;
+}
+
+/// A reload that adds a name orders a certificate for the new list and serves it; the manager
+/// of the old list stops.
+#[tokio::test]
+async fn reload_with_a_new_name_orders_and_serves_a_new_certificate() {
+    if !pebble::available("reload_with_a_new_name_orders_and_serves_a_new_certificate") {
+        return;
+    }
+    let tls_socket = socket();
+    let tls_addr = tls_socket.local_addr().unwrap();
+    let pebble = Pebble::start(1, tls_addr.port(), None).await;
+    let state = TempDir::new();
+    let up = upstream::ok("hello").await;
+    let toml = config_toml(&pebble, &state, tls_addr, None, "tls-alpn-01", up.addr);
+    let gw = start(&toml, vec![("public", tls_socket)]).await;
+    let first = gw.managed();
+    until("the first certificate", Duration::from_secs(60), || {
+        first.current().is_some()
+    })
+    .await;
+
+    let www = "www.gatewise.test";
+    let changed = toml.replace(
+        &format!(r#"domains = ["{NAME}"]"#),
+        &format!(r#"domains = ["{NAME}", "{www}"]"#),
+    );
+    assert_ne!(changed, toml);
+    std::fs::write(&gw.config, changed).unwrap();
+    let outcome = gw.shared.reload("test").await;
+    assert!(outcome.ok, "{}", outcome.message);
+    let list = gw.shared.acme.list();
+    assert_eq!(list.len(), 1, "the old manager stopped");
+    let second = list[0].clone();
+    assert!(!Arc::ptr_eq(&first, &second));
+    assert_eq!(second.domains, vec![NAME.to_string(), www.to_string()]);
+    // The stored certificate lacks the new name: a new order.
+    until(
+        "the certificate for both names",
+        Duration::from_secs(60),
+        || second.status().orders_ok == 1,
+    )
+    .await;
+    let tls = tls_connect(tls_addr, www, &pebble.root_pem).await.unwrap();
+    let mut names = served_names(&tls);
+    names.sort();
+    assert_eq!(names, vec![NAME.to_string(), www.to_string()]);
+    assert_eq!(pebble.orders(), 2);
+    drop((first, second));
     gw.stop().await;
 }
