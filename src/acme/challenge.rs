@@ -54,12 +54,12 @@ impl Challenges {
     pub(super) fn add_tls_alpn01(&self, name: &str, digest: &[u8]) -> Result<(), String> {
         let cert =
             validation_cert(name, digest).map_err(|e| format!("TLS-ALPN-01 certificate: {e}"))?;
-        lock(&self.tls_alpn01).insert(name.to_string(), Arc::new(cert));
+        lock(&self.tls_alpn01).insert(name.to_ascii_lowercase(), Arc::new(cert));
         Ok(())
     }
 
     pub(super) fn remove_tls_alpn01(&self, name: &str) {
-        lock(&self.tls_alpn01).remove(name);
+        lock(&self.tls_alpn01).remove(&name.to_ascii_lowercase());
     }
 }
 
@@ -97,4 +97,58 @@ pub fn answer_http01<B>(challenges: &Challenges, req: &Request<B>) -> Option<Res
         HeaderValue::from_static("application/octet-stream"),
     );
     Some(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http01_answers_open_tokens_to_get_and_head_only() {
+        let c = Challenges::default();
+        c.add_http01("tok", "tok.thumb");
+        let req = |method: &str, path: &str| {
+            Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap()
+        };
+        let resp = answer_http01(&c, &req("GET", "/.well-known/acme-challenge/tok")).unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(answer_http01(&c, &req("HEAD", "/.well-known/acme-challenge/tok")).is_some());
+        assert!(answer_http01(&c, &req("POST", "/.well-known/acme-challenge/tok")).is_none());
+        assert!(answer_http01(&c, &req("GET", "/.well-known/acme-challenge/other")).is_none());
+        assert!(answer_http01(&c, &req("GET", "/tok")).is_none());
+        assert_eq!(
+            c.http01("/.well-known/acme-challenge/tok").unwrap(),
+            "tok.thumb"
+        );
+        c.remove_http01("tok");
+        assert!(answer_http01(&c, &req("GET", "/.well-known/acme-challenge/tok")).is_none());
+    }
+
+    #[test]
+    fn tls_alpn01_certificate_carries_the_digest_in_a_critical_acme_identifier() {
+        let c = Challenges::default();
+        let digest = [7u8; 32];
+        c.add_tls_alpn01("shop.example.com", &digest).unwrap();
+        let cert = c
+            .tls_alpn01("SHOP.example.com")
+            .expect("found by name, any case");
+        let (_, x509) = x509_parser::parse_x509_certificate(&cert.cert[0]).unwrap();
+        let ext = x509
+            .extensions()
+            .iter()
+            .find(|e| e.oid.to_id_string() == "1.3.6.1.5.5.7.1.31")
+            .expect("acmeIdentifier extension");
+        assert!(ext.critical);
+        // An OCTET STRING (0x04, length 32) holding the digest.
+        assert_eq!(&ext.value[..2], &[0x04, 32]);
+        assert_eq!(&ext.value[2..], &digest);
+        let info = crate::tls::cert_info(&cert.cert[0]).unwrap();
+        assert_eq!(info.names, vec!["shop.example.com"]);
+        c.remove_tls_alpn01("shop.example.com");
+        assert!(c.tls_alpn01("shop.example.com").is_none());
+    }
 }
