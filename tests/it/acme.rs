@@ -276,7 +276,7 @@ async fn short_validity_renews_and_swaps_under_handshakes_without_failures() {
     }
     let tls_socket = socket();
     let tls_addr = tls_socket.local_addr().unwrap();
-    let pebble = Pebble::start(1, tls_addr.port(), Some(Duration::from_secs(9))).await;
+    let pebble = Pebble::start(1, tls_addr.port(), Some(Duration::from_secs(12))).await;
     let state = TempDir::new();
     let up = upstream::ok("hello").await;
     let toml = config_toml(&pebble, &state, tls_addr, None, "tls-alpn-01", up.addr);
@@ -660,6 +660,8 @@ async fn reload_with_a_new_name_orders_and_serves_a_new_certificate() {
     names.sort();
     assert_eq!(names, vec![NAME.to_string(), www.to_string()]);
     assert_eq!(pebble.orders(), 2);
+    // The second order used the stored account.
+    assert_eq!(pebble.accounts(), 1);
     drop((first, second));
     gw.stop().await;
 }
