@@ -28,6 +28,15 @@ pub struct RawFile {
     pub listeners: Vec<Spanned<Option<RawListener>>>,
     pub routes: Vec<Spanned<Option<RawRoute>>>,
     pub upstreams: Vec<RawUpstreamEntry>,
+    pub fleet: Option<Spanned<RawFleet>>,
+}
+
+/// `[fleet]`: etcd endpoints and the key prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub etcd: Option<Spanned<Vec<Str>>>,
+    pub prefix: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,7 +222,7 @@ pub struct ReadError {
 }
 
 const TOP_KEYS: &str =
-    "workers, admin, access_log, drain_delay, shutdown_timeout, watch_config, upgrade_socket, listener, route, upstream";
+    "workers, admin, access_log, drain_delay, shutdown_timeout, watch_config, upgrade_socket, listener, route, upstream, fleet";
 
 /// Reads `src` section by section. `Err` means the TOML itself is malformed (nothing else is
 /// worth checking); `Ok` carries whatever could be read plus the per-section errors.
@@ -239,6 +248,7 @@ pub fn read(src: &str) -> Result<(RawFile, Vec<ReadError>), Vec<ReadError>> {
             "listener" => raw.listeners = array_of_tables(value, "listener", &mut errors),
             "route" => raw.routes = array_of_tables(value, "route", &mut errors),
             "upstream" => raw.upstreams = upstreams(value, &mut errors),
+            "fleet" => raw.fleet = section(value, "fleet", &mut errors),
             other => errors.push(ReadError {
                 span: key_span,
                 field: other.to_string(),

@@ -42,6 +42,8 @@ pub struct Shared {
     /// Set when a new process took the sockets over: the drain skips `drain_delay` (the new
     /// process is already serving) and the process exits once its requests are done.
     pub handed_over: AtomicBool,
+    /// The fleet config's source (`[fleet]`): etcd connected or not, the revision serving.
+    pub fleet: Arc<crate::fleet::FleetStatus>,
 }
 
 impl Shared {
@@ -49,6 +51,9 @@ impl Shared {
     pub fn not_ready(&self) -> Option<String> {
         if self.draining.load(Ordering::Relaxed) {
             return Some("draining: gatewise is shutting down".to_string());
+        }
+        if let Some(why) = self.fleet.not_ready() {
+            return Some(why);
         }
         self.snapshot.load().not_ready()
     }
@@ -109,6 +114,10 @@ impl Gateway {
             Some(a) => Some(std::os::fd::AsFd::as_fd(a).try_clone_to_owned()?),
             None => None,
         };
+        let fleet = Arc::new(crate::fleet::FleetStatus::new(config.fleet.as_ref()));
+        if config.fleet.is_some() {
+            metrics.register_fleet(&fleet.metrics);
+        }
         let certificates = crate::observe::metrics::CertificateList::default();
         metrics.register_certificates(certificates.clone());
         let snapshot =
@@ -126,6 +135,7 @@ impl Gateway {
             admin_socket,
             certificates,
             handed_over: AtomicBool::new(false),
+            fleet,
         });
         let drain = Drain::default();
         let live = Live::bind(shared.clone(), access_log, drain.signal(), &mut inherited).await?;

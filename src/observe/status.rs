@@ -115,6 +115,7 @@ pub fn document(shared: &Shared) -> Value {
         "not_ready_reason": ready,
         "generation": snapshot.generation,
         "last_reload": shared.reloads.last(),
+        "fleet": shared.fleet.state(),
         "listeners": listeners,
         "routes": routes,
         "upstreams": upstreams,
