@@ -116,6 +116,9 @@ pub struct FleetState {
     pub revision: Option<i64>,
     /// The key is missing in etcd (never pushed, or deleted): the running config is kept.
     pub missing: bool,
+    /// Times the key was read whole: once at start, then after a compaction took the history
+    /// a reconnecting watch needed (other reconnects resume from the last revision seen).
+    pub reads: u64,
     /// The last change refused, with its errors; cleared when a later one applies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<Refused>,
@@ -171,6 +174,7 @@ impl FleetStatus {
             read: false,
             revision: None,
             missing: false,
+            reads: 0,
             refused: None,
         });
         FleetStatus {
@@ -341,6 +345,7 @@ impl Watcher {
             Some(r) => r,
             None => {
                 let (revision, kv) = self.etcd.get(&self.key).await?;
+                self.status.update(|s| s.reads += 1);
                 let (mod_revision, update) = match kv {
                     Some(kv) => (
                         kv.mod_revision,
