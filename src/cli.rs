@@ -51,13 +51,13 @@ pub enum FleetCommand {
 
 #[derive(Debug, Args)]
 pub struct FleetPushArgs {
-    /// The config file to share (TOML; its [[route]] and [upstream.*] are what instances take).
+    /// The config file to share (TOML; its `[[route]]` and `[upstream.*]` are what instances take).
     pub file: PathBuf,
     /// etcd endpoint HOST:PORT (loopback, plain HTTP); repeat for several. Default: the file's
-    /// [fleet] etcd.
+    /// `[fleet]` etcd.
     #[arg(long)]
     pub etcd: Vec<String>,
-    /// Key prefix. Default: the file's [fleet] prefix, else "/gatewise/".
+    /// Key prefix. Default: the file's `[fleet]` prefix, else "/gatewise/".
     #[arg(long)]
     pub prefix: Option<String>,
 }

@@ -77,6 +77,47 @@ pub fn endpoint(written: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::endpoint;
+    use crate::config::parse;
+
+    const LISTENER: &str = "[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n";
+
+    #[test]
+    fn a_fleet_instance_needs_no_route_and_gets_the_defaults() {
+        let c = parse(&format!("{LISTENER}[fleet]\n"), "f.toml").unwrap();
+        let fleet = c.fleet.unwrap();
+        assert_eq!(fleet.etcd, ["http://127.0.0.1:2379"]);
+        assert_eq!(fleet.prefix, "/gatewise/");
+        assert!(c.routes.is_empty());
+        let e = parse(LISTENER, "f.toml").unwrap_err().to_string();
+        assert!(e.contains("at least one route is required"), "{e}");
+    }
+
+    #[test]
+    fn bad_fleet_settings_are_reported_where_they_are() {
+        let src = format!(
+            "{LISTENER}[fleet]\netcd = [\"127.0.0.1:2379\", \"https://127.0.0.1:2379\"]\nprefix = \"\"\nwatch = true\n"
+        );
+        let e = parse(&src, "f.toml").unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "f.toml:5:27: fleet.etcd: \"https://127.0.0.1:2379\": TLS to etcd is not supported"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("fleet.watch: unknown field `watch`"), "{e}");
+        let e = parse(&format!("{LISTENER}[fleet]\nprefix = \"\"\n"), "f.toml").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("f.toml:5:10: fleet.prefix: must not be empty"),
+            "{e}"
+        );
+        let e = parse(&format!("{LISTENER}[fleet]\netcd = []\n"), "f.toml").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("fleet.etcd: needs at least one endpoint"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn endpoints_are_loopback_plain_http_only() {

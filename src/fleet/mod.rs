@@ -434,3 +434,64 @@ impl Watcher {
         String::from_utf8_lossy(value).into_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Config {
+        crate::config::parse(src, "t.toml").expect("valid")
+    }
+
+    const LOCAL: &str = "[admin]\nlisten = \"127.0.0.1:9999\"\n\
+        [[listener]]\nname = \"public\"\nlisten = \"0.0.0.0:8080\"\n\
+        [[route]]\nupstream = \"boot\"\n[upstream.boot]\ntargets = [\"127.0.0.1:1\"]\n\
+        [fleet]\n";
+
+    #[test]
+    fn the_fleet_replaces_routes_and_upstreams_and_nothing_else() {
+        let local = parse(LOCAL);
+        let fleet = parse(
+            "[admin]\nlisten = \"off\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:1\"\n\
+             [[route]]\nname = \"api\"\nupstream = \"api\"\n[upstream.api]\ntargets = [\"127.0.0.1:2\"]\n",
+        );
+        let merged = merge(&local, &fleet, "etcd:/g/config").unwrap();
+        assert_eq!(merged.listeners, local.listeners);
+        assert_eq!(merged.admin, local.admin);
+        assert_eq!(merged.fleet, local.fleet);
+        assert_eq!(merged.routes, fleet.routes);
+        assert_eq!(
+            merged.upstreams.keys().collect::<Vec<_>>(),
+            ["api"],
+            "the file's own upstreams give way"
+        );
+    }
+
+    #[test]
+    fn a_route_on_a_listener_this_instance_lacks_is_refused() {
+        let fleet = parse(
+            "[[listener]]\nname = \"internal\"\nlisten = \"127.0.0.1:1\"\n\
+             [[route]]\nname = \"api\"\nupstream = \"api\"\n[upstream.api]\ntargets = [\"127.0.0.1:2\"]\n",
+        );
+        let errors = merge(&parse(LOCAL), &fleet, "etcd:/g/config").unwrap_err();
+        assert_eq!(
+            errors,
+            ["etcd:/g/config: route api: listener \"internal\" is not a listener of this instance \
+              (its listeners: public)"]
+        );
+    }
+
+    #[test]
+    fn not_ready_until_the_fleet_config_was_read() {
+        let status = FleetStatus::new(parse(LOCAL).fleet.as_ref());
+        assert!(status
+            .not_ready()
+            .unwrap()
+            .contains("waiting for the first read"));
+        status.disconnected(&EtcdError::Unreachable("refused".into()));
+        assert!(status.not_ready().unwrap().contains("never read"));
+        status.absent(5, false);
+        assert_eq!(status.not_ready(), None);
+        assert!(FleetStatus::new(None).not_ready().is_none());
+    }
+}
