@@ -53,6 +53,8 @@ pub enum Event {
 /// One message of a watch stream.
 #[derive(Debug, Clone, Default)]
 pub struct WatchMessage {
+    /// The store's revision when etcd sent this message.
+    pub revision: i64,
     pub created: bool,
     pub canceled: bool,
     /// Non-zero when the watch was canceled because its start revision was compacted away.
@@ -263,6 +265,7 @@ fn parse_watch(line: &[u8]) -> Result<WatchMessage, EtcdError> {
         });
     }
     Ok(WatchMessage {
+        revision: r.header.revision,
         created: r.created,
         canceled: r.canceled,
         compact_revision: r.compact_revision,
@@ -375,6 +378,8 @@ struct WatchEnvelope {
 #[derive(Deserialize)]
 struct RawWatch {
     #[serde(default)]
+    header: Header,
+    #[serde(default)]
     created: bool,
     #[serde(default)]
     canceled: bool,
@@ -402,6 +407,7 @@ mod tests {
         let created = br#"{"result":{"header":{"revision":"2"},"created":true}}"#;
         let m = parse_watch(created).unwrap();
         assert!(m.created && m.events.is_empty());
+        assert_eq!(m.revision, 2);
         let put = br#"{"result":{"header":{"revision":"3"},"events":[{"kv":{"key":"Zm9v","create_revision":"2","mod_revision":"3","version":"2","value":"YmFy"}},{"type":"DELETE","kv":{"key":"Zm9v","mod_revision":"4"}}]}}"#;
         let m = parse_watch(put).unwrap();
         assert_eq!(

@@ -320,7 +320,8 @@ pub async fn watch(
 enum Stop {
     /// The update channel closed.
     Closed,
-    /// The watch's start revision was compacted: read the key again at once.
+    /// The watch's start revision was compacted (or the store's history went back): read the
+    /// key again at once.
     Compacted,
 }
 
@@ -396,6 +397,18 @@ impl Watcher {
                     "etcd canceled the watch: {}",
                     message.cancel_reason
                 )));
+            }
+            if message.created && message.revision < start - 1 {
+                // The store is behind what this instance saw: a new cluster, or one restored
+                // from a backup. Revisions no longer mean what they did; read the key again.
+                tracing::warn!(
+                    seen = start - 1,
+                    now = message.revision,
+                    "fleet: etcd's revision went back (new or restored cluster); reading the fleet config again"
+                );
+                self.next_revision = None;
+                self.sent_revision = None;
+                return Ok(Stop::Compacted);
             }
             if message.created {
                 self.established = true;

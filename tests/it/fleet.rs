@@ -523,3 +523,41 @@ async fn after_a_compaction_the_key_is_read_again() {
         "read at start, and again after the compaction"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_etcd_cluster_behind_the_same_address_is_read_again() {
+    let Some(old) = etcd::start().await else {
+        return;
+    };
+    let gate = Gate::to(old.client).await;
+    let (a, b, c) = (
+        upstream::ok("a").await,
+        upstream::ok("b").await,
+        upstream::ok("c").await,
+    );
+    let dir = TempDir::new();
+    let prefix = "/restored/";
+    let config = |t| shared_config(&[("main", "/", t)]);
+    push(&dir, "v1.toml", &config(c.addr), &old.endpoint(), prefix).await;
+    let seen = push(&dir, "v2.toml", &config(a.addr), &old.endpoint(), prefix).await;
+    let fleet = start_fleet(1, &dir, &gate.addr.to_string(), prefix).await;
+    let instance = &fleet[0];
+    assert_eq!(instance.fleet().revision, Some(seen));
+
+    // A fresh cluster (its revisions start over) takes the old one's place, with a new config
+    // at a revision below the one the instance saw: a watch from there would wait forever.
+    gate.close();
+    wait_until("etcd unreachable", Duration::from_secs(10), || {
+        !instance.fleet().connected
+    })
+    .await;
+    let new = etcd::start().await.expect("etcd");
+    let revision = push(&dir, "v3.toml", &config(b.addr), &new.endpoint(), prefix).await;
+    assert!(revision < seen, "{revision} < {seen}");
+    gate.retarget(new.client);
+    gate.open();
+    served(&instance.url("/"), "b", Duration::from_secs(15)).await;
+    let state = instance.fleet();
+    assert_eq!((state.revision, state.reads), (Some(revision), 2));
+    drop(old);
+}

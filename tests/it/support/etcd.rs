@@ -125,6 +125,7 @@ impl Drop for EtcdServer {
 pub struct Gate {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
+    target: Arc<Mutex<SocketAddr>>,
     conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -135,7 +136,8 @@ impl Gate {
         let addr = listener.local_addr().unwrap();
         let open = Arc::new(AtomicBool::new(true));
         let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let (o, c) = (open.clone(), conns.clone());
+        let target = Arc::new(Mutex::new(target));
+        let (o, c, t) = (open.clone(), conns.clone(), target.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -144,6 +146,7 @@ impl Gate {
                 if !o.load(Ordering::SeqCst) {
                     continue; // dropped: the client sees the connection closed
                 }
+                let target = *t.lock().unwrap();
                 let relay = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -155,6 +158,7 @@ impl Gate {
         Gate {
             addr,
             open,
+            target,
             conns,
             task,
         }
@@ -165,6 +169,11 @@ impl Gate {
         for c in self.conns.lock().unwrap().drain(..) {
             c.abort();
         }
+    }
+
+    /// New connections go to `target` from now on.
+    pub fn retarget(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = target;
     }
 
     pub fn open(&self) {
