@@ -102,12 +102,10 @@ impl Etcd {
     }
 
     /// Puts every `(key, value)` in one transaction: all or none. Returns the new revision.
-    pub async fn put_all(&self, puts: &[(String, String)]) -> Result<i64, EtcdError> {
+    pub async fn put_all(&self, puts: &[(&str, &[u8])]) -> Result<i64, EtcdError> {
         let success: Vec<Value> = puts
             .iter()
-            .map(|(k, v)| {
-                json!({ "request_put": { "key": b64(k.as_bytes()), "value": b64(v.as_bytes()) } })
-            })
+            .map(|(k, v)| json!({ "request_put": { "key": b64(k.as_bytes()), "value": b64(v) } }))
             .collect();
         let answer = self
             .call("/v3/kv/txn", json!({ "success": success }))

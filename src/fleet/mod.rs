@@ -47,10 +47,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// What the watch sends to the reload loop.
 #[derive(Debug)]
 pub enum FleetUpdate {
-    /// The fleet config at `revision` (the key's mod revision); `source` names it in errors.
+    /// The fleet config at `revision` (the key's mod revision), or why its value is no text;
+    /// `source` names it in errors.
     Config {
         revision: i64,
-        text: String,
+        text: Result<String, String>,
         source: String,
     },
     /// The key does not exist (never pushed, or deleted) as of `revision`.
@@ -350,13 +351,9 @@ impl Watcher {
                 let (mod_revision, update) = match kv {
                     Some(kv) => (
                         kv.mod_revision,
-                        FleetUpdate::Config {
-                            revision: kv.mod_revision,
-                            text: self.text(&kv.value),
-                            source: self.source.clone(),
-                        },
+                        self.update(kv.mod_revision, Some(&kv.value)),
                     ),
-                    None => (0, FleetUpdate::Absent { revision }),
+                    None => (0, self.update(revision, None)),
                 };
                 self.status.connected();
                 if self.sent_revision != Some(mod_revision) {
@@ -419,19 +416,14 @@ impl Watcher {
             let Some(last) = message.events.last() else {
                 continue;
             };
-            let update = match last {
-                Event::Put(kv) => FleetUpdate::Config {
-                    revision: kv.mod_revision,
-                    text: self.text(&kv.value),
-                    source: self.source.clone(),
-                },
-                Event::Delete { mod_revision, .. } => FleetUpdate::Absent {
-                    revision: *mod_revision,
-                },
-            };
-            let revision = match last {
-                Event::Put(kv) => kv.mod_revision,
-                Event::Delete { mod_revision, .. } => *mod_revision,
+            let (revision, update) = match last {
+                Event::Put(kv) => (
+                    kv.mod_revision,
+                    self.update(kv.mod_revision, Some(&kv.value)),
+                ),
+                Event::Delete { mod_revision, .. } => {
+                    (*mod_revision, self.update(*mod_revision, None))
+                }
             };
             self.next_revision = Some(revision + 1);
             self.sent_revision = Some(revision);
@@ -441,10 +433,18 @@ impl Watcher {
         }
     }
 
-    /// The value as text; bytes that are not UTF-8 are replaced (validation then reports them
-    /// as whatever TOML error they cause).
-    fn text(&self, value: &[u8]) -> String {
-        String::from_utf8_lossy(value).into_owned()
+    /// What the key's value at `revision` (`None`: the key is gone) means for the reload loop.
+    fn update(&self, revision: i64, value: Option<&[u8]>) -> FleetUpdate {
+        match value {
+            None => FleetUpdate::Absent { revision },
+            Some(value) => FleetUpdate::Config {
+                revision,
+                // Not UTF-8 is refused, never repaired: a replaced byte could change a value.
+                text: String::from_utf8(value.to_vec())
+                    .map_err(|e| format!("the value is not UTF-8 text: {e}")),
+                source: self.source.clone(),
+            },
+        }
     }
 }
 

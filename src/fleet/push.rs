@@ -131,8 +131,8 @@ pub async fn push_file(
     let etcd = Etcd::new(endpoints);
     let revision = etcd
         .put_all(&[
-            (key.clone(), src),
-            (super::pushed_key(&prefix), record.to_string()),
+            (&key, src.as_bytes()),
+            (&super::pushed_key(&prefix), record.to_string().as_bytes()),
         ])
         .await?;
     tracing::info!(key = %key, revision, "fleet config pushed");

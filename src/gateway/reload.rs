@@ -409,8 +409,9 @@ impl Live {
                 return ReloadOutcome::unavailable("no fleet config in etcd");
             }
         };
-        let candidate = crate::config::parse(&text, &source)
-            .map_err(errors_of)
+        let candidate = text
+            .map_err(|e| message_only(&format!("{source}: {e}")))
+            .and_then(|text| crate::config::parse(&text, &source).map_err(errors_of))
             .and_then(|config| {
                 crate::fleet::merge(&self.local, &config, &source)
                     .map(|merged| (merged, config))

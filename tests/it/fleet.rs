@@ -109,6 +109,17 @@ async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Waits until the instance's status says `revision` serves (it is recorded right after the
+/// swap, so a request may see the new config a moment before).
+async fn status_shows(instance: &Instance, revision: i64) {
+    wait_until(
+        &format!("status shows revision {revision}"),
+        Duration::from_secs(1),
+        || instance.fleet().revision == Some(revision),
+    )
+    .await;
+}
+
 /// The body `url` answers with (status 200 expected).
 async fn body(url: &str) -> String {
     let (parts, body) = get(&client(), url).await;
@@ -209,7 +220,7 @@ async fn a_pushed_route_is_served_by_all_three_within_a_second_under_load() {
             after < Duration::from_secs(1),
             "instance {i} served the pushed route after {after:?}"
         );
-        assert_eq!(instance.fleet().revision, Some(revision));
+        status_shows(instance, revision).await;
     }
     let served_b = b.stats.requests();
     b.stats.wait_for(|s| s.requests() >= served_b + 30).await;
@@ -285,7 +296,11 @@ async fn invalid_changes_are_refused_by_every_instance_and_the_running_config_ke
     assert_eq!(kv.unwrap().mod_revision, good, "nothing was written");
 
     // Written to etcd behind push's back: valid TOML, invalid config. Every instance refuses it.
-    let written = etcd.client().put_all(&[(key.clone(), bad)]).await.unwrap();
+    let written = etcd
+        .client()
+        .put_all(&[(&key, bad.as_bytes())])
+        .await
+        .unwrap();
     for (i, instance) in fleet.iter().enumerate() {
         wait_until(
             &format!("instance {i} refuses revision {written}"),
@@ -317,7 +332,7 @@ async fn invalid_changes_are_refused_by_every_instance_and_the_running_config_ke
         shared_config(&[("main", "/", a.addr)]).replace("name = \"public\"", "name = \"internal\"");
     let written = etcd
         .client()
-        .put_all(&[(key.clone(), elsewhere)])
+        .put_all(&[(&key, elsewhere.as_bytes())])
         .await
         .unwrap();
     for (i, instance) in fleet.iter().enumerate() {
@@ -342,6 +357,29 @@ async fn invalid_changes_are_refused_by_every_instance_and_the_running_config_ke
         assert_eq!(body(&instance.url("/")).await, "a");
     }
 
+    // Bytes that are not UTF-8: refused, never repaired into a different value.
+    let mut binary = shared_config(&[("main", "/", a.addr)]).into_bytes();
+    binary.extend_from_slice(b"# \xff\n");
+    let written = etcd.client().put_all(&[(&key, &binary)]).await.unwrap();
+    for (i, instance) in fleet.iter().enumerate() {
+        wait_until(
+            &format!("instance {i} refuses revision {written}"),
+            Duration::from_secs(5),
+            || {
+                instance
+                    .fleet()
+                    .refused
+                    .is_some_and(|r| r.revision == written)
+            },
+        )
+        .await;
+        let errors = instance.fleet().refused.unwrap().errors;
+        assert!(
+            errors[0].starts_with(&format!("etcd:{key}: the value is not UTF-8 text")),
+            "{errors:?}"
+        );
+    }
+
     // Reported where an operator looks: /status and /metrics.
     let (_, status) = get(&client(), &format!("http://{}/status", fleet[0].admin)).await;
     let status: serde_json::Value = serde_json::from_slice(&status).unwrap();
@@ -351,7 +389,7 @@ async fn invalid_changes_are_refused_by_every_instance_and_the_running_config_ke
     let (_, metrics) = get(&client(), &format!("http://{}/metrics", fleet[0].admin)).await;
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(
-        metrics.contains("gatewise_fleet_updates_total{result=\"refused\"} 2"),
+        metrics.contains("gatewise_fleet_updates_total{result=\"refused\"} 3"),
         "{metrics}"
     );
     assert!(
@@ -375,8 +413,8 @@ async fn invalid_changes_are_refused_by_every_instance_and_the_running_config_ke
     .await;
     for instance in &fleet {
         served(&instance.url("/"), "b", Duration::from_secs(5)).await;
+        status_shows(instance, fixed).await;
         let state = instance.fleet();
-        assert_eq!(state.revision, Some(fixed));
         assert!(state.refused.is_none(), "{state:?}");
     }
 }
@@ -557,7 +595,7 @@ async fn a_new_etcd_cluster_behind_the_same_address_is_read_again() {
     gate.retarget(new.client);
     gate.open();
     served(&instance.url("/"), "b", Duration::from_secs(15)).await;
-    let state = instance.fleet();
-    assert_eq!((state.revision, state.reads), (Some(revision), 2));
+    status_shows(instance, revision).await;
+    assert_eq!(instance.fleet().reads, 2);
     drop(old);
 }
