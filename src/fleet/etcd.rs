@@ -4,7 +4,7 @@
 //! under both `/v3/` and `/v3beta/`; 3.5 dropped `/v3beta/`, so `/v3/` is used.
 //!
 //! Why not the `etcd-client` crate: it brings tonic, prost and a protoc build step for four
-//! calls; this is ~300 lines over dependencies already in the tree.
+//! calls; this is a few hundred lines over dependencies already in the tree.
 
 use std::time::Duration;
 
