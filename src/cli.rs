@@ -31,6 +31,35 @@ pub enum Command {
     Demo(DemoArgs),
     /// Read nginx, HAProxy, Envoy or gatewise logs and report causes, culprits and fixes.
     Explain(ExplainArgs),
+    /// Share routes and upstreams between gatewise instances through etcd (docs/fleet.md).
+    Fleet(FleetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    #[command(subcommand)]
+    pub command: FleetCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Validate FILE exactly like `gatewise check --offline`, then write it to etcd in one
+    /// transaction; every instance watching the prefix applies its routes and upstreams. An
+    /// invalid file is refused before anything is written (exit 2).
+    Push(FleetPushArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetPushArgs {
+    /// The config file to share (TOML; its `[[route]]` and `[upstream.*]` are what instances take).
+    pub file: PathBuf,
+    /// etcd endpoint HOST:PORT (loopback, plain HTTP); repeat for several. Default: the file's
+    /// `[fleet]` etcd.
+    #[arg(long)]
+    pub etcd: Vec<String>,
+    /// Key prefix. Default: the file's `[fleet]` prefix, else "/gatewise/".
+    #[arg(long)]
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Args)]

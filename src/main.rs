@@ -12,6 +12,7 @@ fn main() -> ExitCode {
         Command::Doctor(args) => gatewise::doctor::run(&args),
         Command::Demo(args) => gatewise::demo::run(&args),
         Command::Explain(args) => gatewise::doctor::explain::run(&args),
+        Command::Fleet(args) => gatewise::fleet::push::run(&args),
     }
 }
 

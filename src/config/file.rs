@@ -30,6 +30,7 @@ pub struct RawFile {
     pub upstreams: Vec<RawUpstreamEntry>,
     /// `[acme]`: where automatic certificates come from and are kept.
     pub acme: Option<Spanned<Option<RawAcme>>>,
+    pub fleet: Option<Spanned<RawFleet>>,
 }
 
 /// `[acme]`: settings shared by every `tls = { acme = ... }` listener.
@@ -50,6 +51,14 @@ pub struct RawListenerAcme {
     pub email: Option<Str>,
     pub domains: Option<Spanned<Vec<Str>>>,
     pub challenge: Option<Str>,
+}
+
+/// `[fleet]`: etcd endpoints and the key prefix.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub etcd: Option<Spanned<Vec<Str>>>,
+    pub prefix: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -236,7 +245,7 @@ pub struct ReadError {
 }
 
 const TOP_KEYS: &str =
-    "workers, admin, access_log, drain_delay, shutdown_timeout, watch_config, upgrade_socket, listener, route, upstream, acme";
+    "workers, admin, access_log, drain_delay, shutdown_timeout, watch_config, upgrade_socket, listener, route, upstream, acme, fleet";
 
 /// Reads `src` section by section. `Err` means the TOML itself is malformed (nothing else is
 /// worth checking); `Ok` carries whatever could be read plus the per-section errors.
@@ -263,6 +272,7 @@ pub fn read(src: &str) -> Result<(RawFile, Vec<ReadError>), Vec<ReadError>> {
             "route" => raw.routes = array_of_tables(value, "route", &mut errors),
             "upstream" => raw.upstreams = upstreams(value, &mut errors),
             "acme" => raw.acme = Some(spanned_section(value, "acme", &mut errors)),
+            "fleet" => raw.fleet = section(value, "fleet", &mut errors),
             other => errors.push(ReadError {
                 span: key_span,
                 field: other.to_string(),

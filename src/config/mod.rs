@@ -13,6 +13,7 @@ mod tests;
 mod tests_acme;
 mod validate;
 mod validate_acme;
+mod validate_fleet;
 mod validate_http2;
 mod validate_routes;
 mod validate_tls;
@@ -20,6 +21,7 @@ mod validate_upstream;
 mod values;
 
 pub use validate::{parse, ConfigError, ConfigErrors};
+pub use validate_fleet::{endpoint as fleet_endpoint, DEFAULT_PREFIX as DEFAULT_FLEET_PREFIX};
 pub use values::{check_target, parse_duration};
 
 use std::collections::BTreeMap;
@@ -49,6 +51,17 @@ pub struct Config {
     /// Routes in file order; the route table orders them by specificity.
     pub routes: Vec<RouteConfig>,
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[fleet]`: routes and upstreams shared through etcd (`fleet/`); `None`: this file only.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `[fleet]`: where the shared routes and upstreams live (docs/fleet.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// etcd client endpoints as `http://host:port`, tried in order.
+    pub etcd: Vec<String>,
+    /// Every key gatewise reads or writes starts with this.
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -511,6 +524,7 @@ impl Config {
             listeners: vec![ListenerConfig::new("public", listen)],
             routes: vec![RouteConfig::new("public", "default")],
             upstreams,
+            fleet: None,
         }
     }
 }

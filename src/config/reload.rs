@@ -90,6 +90,9 @@ impl Diff {
         if old.access_log != new.access_log {
             needs_restart.push("access_log".to_string());
         }
+        if old.fleet != new.fleet {
+            needs_restart.push("fleet".to_string());
+        }
         Diff {
             listeners: Changes::of(&listeners(old), &listeners(new)),
             routes: Changes::of(&routes(old), &routes(new)),

@@ -251,6 +251,7 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         routes,
         upstreams,
         acme,
+        fleet,
     } = raw;
     let workers = workers.map(|w| cx.nonzero(Some(w), "workers", 1));
     let (admin, admin_span) = admin_config(cx, admin);
@@ -281,8 +282,12 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         .into_iter()
         .filter_map(|u| validate_upstream::upstream_config(cx, u))
         .collect();
-    let routes =
-        validate_routes::route_configs(cx, routes, &listeners, listeners_complete, &upstream_names);
+    // With a fleet, routes may all come from etcd (docs/fleet.md): none in the file is fine.
+    let routes = if routes.is_empty() && fleet.is_some() {
+        Vec::new()
+    } else {
+        validate_routes::route_configs(cx, routes, &listeners, listeners_complete, &upstream_names)
+    };
     Config {
         workers,
         admin,
@@ -294,6 +299,7 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         listeners,
         routes,
         upstreams,
+        fleet: fleet.and_then(|f| super::validate_fleet::fleet_config(cx, f)),
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Shared {
     pub handed_over: AtomicBool,
     /// Automatic certificates (ACME) and their open challenges.
     pub acme: Arc<crate::acme::Acme>,
+    /// The fleet config's source (`[fleet]`): etcd connected or not, the revision serving.
+    pub fleet: Arc<crate::fleet::FleetStatus>,
 }
 
 impl Shared {
@@ -51,6 +53,9 @@ impl Shared {
     pub fn not_ready(&self) -> Option<String> {
         if self.draining.load(Ordering::Relaxed) {
             return Some("draining: gatewise is shutting down".to_string());
+        }
+        if let Some(why) = self.fleet.not_ready() {
+            return Some(why);
         }
         self.snapshot.load().not_ready()
     }
@@ -111,6 +116,10 @@ impl Gateway {
             Some(a) => Some(std::os::fd::AsFd::as_fd(a).try_clone_to_owned()?),
             None => None,
         };
+        let fleet = Arc::new(crate::fleet::FleetStatus::new(config.fleet.as_ref()));
+        if config.fleet.is_some() {
+            metrics.register_fleet(&fleet.metrics);
+        }
         let certificates = crate::observe::metrics::CertificateList::default();
         metrics.register_certificates(certificates.clone());
         let acme = Arc::new(crate::acme::Acme::default());
@@ -131,6 +140,7 @@ impl Gateway {
             certificates,
             handed_over: AtomicBool::new(false),
             acme,
+            fleet,
         });
         let drain = Drain::default();
         let live = Live::bind(shared.clone(), access_log, drain.signal(), &mut inherited).await?;

@@ -131,6 +131,11 @@ pub struct Live {
     watcher: Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)>,
     /// The file content last applied, so an event without a change does nothing.
     applied_source: Option<String>,
+    /// The config as this instance's file gives it (before the fleet's routes and upstreams
+    /// replace its own), kept to merge the next fleet change with.
+    local: Config,
+    /// The fleet config serving (`None`: none read yet, or no `[fleet]`).
+    fleet_doc: Option<crate::fleet::FleetDoc>,
     /// In config order.
     listeners: Vec<(String, LiveListener)>,
     health: BTreeMap<String, (Arc<Upstream>, AbortOnDrop)>,
@@ -144,7 +149,10 @@ impl Live {
         drain: DrainSignal,
         inherited: &mut Inherited,
     ) -> anyhow::Result<Live> {
+        let local = Config::clone(&shared.snapshot.load().config);
         let mut live = Live {
+            local,
+            fleet_doc: None,
             shared,
             access_log,
             drain: Some(drain),
@@ -315,8 +323,20 @@ impl Live {
             Some((w, events)) => (Some(w), events),
             None => (None, mpsc::channel::<()>(1).1),
         };
+        // The fleet config's watch, when `[fleet]` is set: its changes arrive here.
+        let (fleet_tx, mut fleet_updates) = mpsc::channel(4);
+        let _fleet_watch = self.local.fleet.clone().map(|fleet| {
+            AbortOnDrop(tokio::spawn(crate::fleet::watch(
+                fleet,
+                self.shared.fleet.clone(),
+                fleet_tx,
+            )))
+        });
         loop {
             tokio::select! {
+                Some(update) = fleet_updates.recv() => {
+                    self.fleet_changed(update).await;
+                }
                 Some(request) = requests.recv() => {
                     let outcome = self.reload(request.source).await;
                     if let Some(reply) = request.reply {
@@ -356,22 +376,87 @@ impl Live {
     /// Reads, validates and applies the config file. On any error the running config serves on.
     pub async fn reload(&mut self, source: &'static str) -> ReloadOutcome {
         crate::lifecycle::systemd::reloading();
-        let outcome = match self.config_path.clone() {
+        // With a fleet, the file's routes and upstreams give way to the fleet's (`fleet/`).
+        let candidate = match self.config_path.clone() {
             None => Err(message_only(
                 "no config file: gatewise was started without --config, nothing to reload",
             )),
-            Some(path) => match read(&path) {
-                Err(errors) => Err(errors),
-                Ok((config, src)) => self.apply(config).await.map(|diff| (diff, src)),
-            },
+            Some(path) => read(&path).and_then(|(local, src)| {
+                let merged = match &self.fleet_doc {
+                    Some(doc) => crate::fleet::merge(&local, &doc.config, &doc.source)
+                        .map_err(|e| e.into_iter().map(message_error).collect::<Vec<_>>())?,
+                    None => local.clone(),
+                };
+                Ok((merged, local, src))
+            }),
         };
+        let outcome = match candidate {
+            Err(errors) => Err(errors),
+            Ok((merged, local, src)) => {
+                let applied = self.apply(merged).await;
+                if applied.is_ok() {
+                    self.applied_source = Some(src);
+                    self.local = local;
+                }
+                applied
+            }
+        };
+        self.report(source, outcome)
+    }
+
+    /// Applies a change of the fleet config read from etcd: merged with this instance's file
+    /// and applied exactly like a file reload (validated, diffed, swapped; refused as a whole).
+    pub async fn fleet_changed(&mut self, update: crate::fleet::FleetUpdate) -> ReloadOutcome {
+        crate::lifecycle::systemd::reloading();
+        let fleet = self.shared.fleet.clone();
+        let (revision, text, source) = match update {
+            crate::fleet::FleetUpdate::Config {
+                revision,
+                text,
+                source,
+            } => (revision, text, source),
+            crate::fleet::FleetUpdate::Absent { revision } => {
+                fleet.absent(revision, self.fleet_doc.is_some());
+                crate::lifecycle::systemd::notify("READY=1");
+                return ReloadOutcome::unavailable("no fleet config in etcd");
+            }
+        };
+        let candidate = text
+            .map_err(|e| message_only(&format!("{source}: {e}")))
+            .and_then(|text| crate::config::parse(&text, &source).map_err(errors_of))
+            .and_then(|config| {
+                crate::fleet::merge(&self.local, &config, &source)
+                    .map(|merged| (merged, config))
+                    .map_err(|e| e.into_iter().map(message_error).collect())
+            });
+        let outcome = match candidate {
+            Err(errors) => Err(errors),
+            Ok((merged, config)) => {
+                let applied = self.apply(merged).await;
+                if applied.is_ok() {
+                    self.fleet_doc = Some(crate::fleet::FleetDoc { source, config });
+                }
+                applied
+            }
+        };
+        let outcome = self.report("fleet", outcome);
+        let errors: Vec<String> = outcome.errors.iter().map(describe).collect();
+        fleet.applied(revision, outcome.ok, errors);
+        outcome
+    }
+
+    /// Logs, counts and records (for `/status`) what a reload did.
+    fn report(
+        &mut self,
+        source: &'static str,
+        outcome: Result<Diff, Vec<ReloadError>>,
+    ) -> ReloadOutcome {
         let generation = self.shared.snapshot.load().generation;
         let unix = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         let outcome = match outcome {
-            Ok((diff, src)) => {
-                self.applied_source = Some(src);
+            Ok(diff) => {
                 tracing::info!(generation, source, changes = %diff, "config reloaded");
                 self.shared.metrics.reloads.reloaded("ok", unix);
                 self.shared

@@ -207,6 +207,26 @@ impl Metrics {
             .store(Arc::new(upstreams.into_iter().cloned().collect()));
     }
 
+    /// Exposes the fleet's connection, revision and update counters (`fleet/`).
+    pub fn register_fleet(&mut self, fleet: &crate::fleet::FleetMetrics) {
+        fleet.init();
+        self.registry.register(
+            names::FLEET_CONNECTED,
+            names::FLEET_CONNECTED_HELP,
+            fleet.connected.clone(),
+        );
+        self.registry.register(
+            names::FLEET_REVISION,
+            names::FLEET_REVISION_HELP,
+            fleet.revision.clone(),
+        );
+        self.registry.register(
+            counter_base(names::FLEET_UPDATES),
+            names::FLEET_UPDATES_HELP,
+            fleet.updates.clone(),
+        );
+    }
+
     /// Exposes the access log's dropped-line counter.
     pub fn register_access_log(&mut self, log: &crate::observe::access_log::AccessLog) {
         self.registry.register(

@@ -121,6 +121,7 @@ pub fn document(shared: &Shared) -> Value {
         "not_ready_reason": ready,
         "generation": snapshot.generation,
         "last_reload": shared.reloads.last(),
+        "fleet": shared.fleet.state(),
         "listeners": listeners,
         "routes": routes,
         "upstreams": upstreams,
@@ -160,6 +161,48 @@ fn acme_status(m: &crate::acme::Managed, now: std::time::SystemTime) -> Value {
         "orders_ok": s.orders_ok,
         "orders_failed": s.orders_failed,
     })
+}
+
+/// With `[fleet]`: whether etcd is reachable, the revision serving, the last change refused.
+fn fleet_line(out: &mut String, fleet: &Value) {
+    let Value::Object(f) = fleet else { return };
+    let connected = f["connected"].as_bool() == Some(true);
+    let _ = write!(
+        out,
+        "<p id=\"fleet\" class=\"{}\">fleet {}: etcd {}",
+        if connected { "ready" } else { "not-ready" },
+        cell(&f["key"]),
+        if connected {
+            "connected"
+        } else {
+            "unreachable"
+        },
+    );
+    if let Some(e) = f["error"].as_str() {
+        let _ = write!(out, " ({})", escape(e));
+    }
+    if !f["since"].is_null() {
+        let _ = write!(out, " since {}", cell(&f["since"]));
+    }
+    match f["revision"].as_i64() {
+        Some(r) => {
+            let _ = write!(out, "; revision {r} serving");
+        }
+        None => out.push_str("; no fleet config applied"),
+    }
+    if let Value::Object(r) = &f["refused"] {
+        let errors: Vec<String> = r["errors"]
+            .as_array()
+            .map(|e| e.iter().filter_map(Value::as_str).map(escape).collect())
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "; refused revision {}: {}",
+            cell(&r["revision"]),
+            errors.join("; ")
+        );
+    }
+    out.push_str("</p>");
 }
 
 /// `s` with `&`, `<`, `>` and `"` escaped.
@@ -274,7 +317,9 @@ pub fn html(doc: &Value) -> String {
         }
         _ => out.push_str("; no reload since start"),
     }
-    out.push_str("</p><h2>Routes</h2>");
+    out.push_str("</p>");
+    fleet_line(&mut out, &doc["fleet"]);
+    out.push_str("<h2>Routes</h2>");
     table(
         &mut out,
         "routes",
@@ -346,5 +391,30 @@ mod tests {
         // A field only the second target has still gets a column.
         assert!(page.contains("<th>learned</th>"));
         assert!(page.contains("config generation 3; no reload since start"));
+        assert!(!page.contains("id=\"fleet\""), "no [fleet], no fleet line");
+    }
+
+    #[test]
+    fn html_says_whether_etcd_is_reachable_and_what_was_refused() {
+        let doc = json!({
+            "ready": true,
+            "generation": 4,
+            "routes": [],
+            "upstreams": {},
+            "fleet": {
+                "key": "/gatewise/config", "connected": false,
+                "error": "etcd unreachable: <refused>", "since": "2026-01-01T00:00:00.000Z",
+                "revision": 7, "refused": {"revision": 9, "errors": ["etcd:/gatewise/config:3:1: bad"]}
+            }
+        });
+        let page = html(&doc);
+        assert!(
+            page.contains(
+                "fleet /gatewise/config: etcd unreachable (etcd unreachable: &lt;refused&gt;) \
+                 since 2026-01-01T00:00:00.000Z; revision 7 serving; refused revision 9: \
+                 etcd:/gatewise/config:3:1: bad"
+            ),
+            "{page}"
+        );
     }
 }

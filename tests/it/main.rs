@@ -13,6 +13,7 @@ mod doctor_nginx;
 mod drain;
 mod explain;
 mod failover;
+mod fleet;
 mod framing;
 mod hardening;
 mod health;

@@ -83,6 +83,16 @@ pub const RELOADS: &str = "gatewise_config_reloads_total";
 pub const RELOADS_HELP: &str =
     "Config reloads by result: ok (a new snapshot serves) or failed (the running config was kept)";
 
+pub const FLEET_CONNECTED: &str = "gatewise_fleet_etcd_connected";
+pub const FLEET_CONNECTED_HELP: &str =
+    "1 while the watch on the fleet config in etcd is established, 0 while etcd cannot be reached (the running config serves on)";
+pub const FLEET_REVISION: &str = "gatewise_fleet_revision";
+pub const FLEET_REVISION_HELP: &str =
+    "etcd mod revision of the fleet config serving; 0 before one was applied";
+pub const FLEET_UPDATES: &str = "gatewise_fleet_updates_total";
+pub const FLEET_UPDATES_HELP: &str =
+    "Fleet config changes read from etcd, by result: applied, or refused (invalid: the running config was kept)";
+
 pub const CONFIG_GENERATION: &str = "gatewise_config_generation";
 pub const CONFIG_GENERATION_HELP: &str =
     "Generation of the config serving now: 1 at start, +1 for every applied reload";
