@@ -406,3 +406,25 @@ async fn a_silent_nameserver_times_out_and_the_last_addresses_serve() {
     assert_eq!(get(&c, &url).await.0.status, 200);
     assert_eq!(targets(&gw.shared), [m[0].addr.to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_big_for_udp_is_asked_again_over_tcp() {
+    let dns = Dns::start().await;
+    // 300 addresses: about 4.8 KB of answers, past the 1232 bytes a datagram may carry.
+    let ips: Vec<IpAddr> = (0..300u32)
+        .map(|i| IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8 + 1]))
+        .collect();
+    dns.set("big.test", Answer::Addrs(ips.clone()), 30);
+    let gw = start(&dns_upstream(&dns, "\"big.test:8080\""), None).await;
+    let d = loop {
+        next_round(&dns, "big.test").await;
+        let d = status(&gw).await["upstreams"]["app"]["discovery"].clone();
+        if d["ready"] != 0 {
+            break d;
+        }
+    };
+    assert_eq!(d["ready"], 300, "{d}");
+    let mut expected: Vec<String> = ips.iter().map(|ip| format!("{ip}:8080")).collect();
+    expected.sort();
+    assert_eq!(targets(&gw.shared), expected);
+}
