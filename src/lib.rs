@@ -14,6 +14,7 @@ pub mod cause;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod doctor;
 pub mod fleet;
 pub mod gateway;

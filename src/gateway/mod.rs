@@ -32,6 +32,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// The last reload and its result, for `/status`.
     pub reloads: ReloadStatus,
+    /// What each discovery source last said, for `/status`.
+    pub discovery: crate::discovery::DiscoveryStatus,
     reload_tx: mpsc::Sender<ReloadRequest>,
     /// The listening sockets serving now (duplicates, by listener name) and the admin
     /// listener's: what a binary upgrade hands to the new process.
@@ -134,6 +136,7 @@ impl Gateway {
             metrics,
             draining: AtomicBool::new(false),
             reloads: ReloadStatus::default(),
+            discovery: crate::discovery::DiscoveryStatus::default(),
             reload_tx,
             sockets: std::sync::Mutex::new(Vec::new()),
             admin_socket,
@@ -157,6 +160,18 @@ impl Gateway {
     /// reload request is answered with an error and the running config is kept.
     pub fn with_config_path(mut self, path: PathBuf) -> Gateway {
         self.live.set_config_path(path);
+        self
+    }
+
+    /// Upstream `name` (whose config sets `discovery`) takes its targets from the sources
+    /// `factory` makes instead of the one the config names: for tests and for programs that
+    /// embed gatewise with a source of their own.
+    pub fn with_discovery_source(
+        mut self,
+        upstream: &str,
+        factory: crate::discovery::SourceFactory,
+    ) -> Gateway {
+        self.live.set_discovery_source(upstream, factory);
         self
     }
 

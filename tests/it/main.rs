@@ -8,6 +8,7 @@ mod balance;
 mod chaos;
 mod config;
 mod demo;
+mod discovery_dns;
 mod doctor;
 mod doctor_nginx;
 mod drain;

@@ -74,24 +74,53 @@ impl TargetAttempts {
 
 /// The handles of one upstream's targets (found by target id); shared by routes.
 pub struct UpstreamMetrics {
-    pub targets: Vec<TargetAttempts>,
+    pub targets: Vec<Arc<TargetAttempts>>,
+    /// Positions by target id, for pools past [`SCAN_LIMIT`] targets (discovery makes pools of
+    /// hundreds); smaller pools are scanned.
+    index: Option<std::collections::HashMap<u64, usize>>,
+}
+
+/// Up to this many targets a scan over ids costs about what a hash lookup does.
+const SCAN_LIMIT: usize = 16;
+
+impl UpstreamMetrics {
+    fn find(&self, id: u64) -> Option<&TargetAttempts> {
+        match &self.index {
+            Some(index) => index.get(&id).map(|i| &*self.targets[*i]),
+            None => self.targets.iter().find(|t| t.id == id).map(|t| &**t),
+        }
+    }
 }
 
 impl UpstreamMetrics {
-    pub(super) fn new(upstream: &Upstream, families: Arc<Families>) -> UpstreamMetrics {
+    /// Handles for `upstream`'s targets; those of a target `previous` already had (same id: a
+    /// target kept by a reload or a discovery update) are shared, not made again.
+    pub(super) fn new(
+        upstream: &Upstream,
+        families: Arc<Families>,
+        previous: Option<&UpstreamMetrics>,
+    ) -> UpstreamMetrics {
+        let known: std::collections::HashMap<u64, &Arc<TargetAttempts>> = previous
+            .map(|p| p.targets.iter().map(|t| (t.id, t)).collect())
+            .unwrap_or_default();
         let targets = upstream
             .targets
             .iter()
-            .map(|t| TargetAttempts {
-                id: t.id,
-                upstream: upstream.name.clone(),
-                target: t.addr.clone(),
-                by_status: Lazy::new(SLOTS.len()),
-                by_cause: Lazy::new(Cause::ALL.len()),
-                families: families.clone(),
+            .map(|t| match known.get(&t.id) {
+                Some(kept) => Arc::clone(kept),
+                None => Arc::new(TargetAttempts {
+                    id: t.id,
+                    upstream: upstream.name.clone(),
+                    target: t.addr.clone(),
+                    by_status: Lazy::new(SLOTS.len()),
+                    by_cause: Lazy::new(Cause::ALL.len()),
+                    families: families.clone(),
+                }),
             })
-            .collect();
-        UpstreamMetrics { targets }
+            .collect::<Vec<Arc<TargetAttempts>>>();
+        let index = (targets.len() > SCAN_LIMIT)
+            .then(|| targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect());
+        UpstreamMetrics { targets, index }
     }
 }
 
@@ -109,6 +138,11 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// The per-target handles of the route's upstream.
+    pub(super) fn upstream_metrics(&self) -> Option<&UpstreamMetrics> {
+        self.upstream.as_deref()
+    }
+
     pub(super) fn new(
         route: Arc<str>,
         upstream: Option<Arc<UpstreamMetrics>>,
@@ -168,9 +202,7 @@ impl RouteMetrics {
         status: Option<StatusCode>,
         cause: Option<Cause>,
     ) {
-        let targets = self.upstream.as_ref().map_or(&[][..], |u| &u.targets[..]);
-        // Pools are small: a scan over ids costs about what an index did.
-        if let Some(t) = targets.iter().find(|t| t.id == target.id) {
+        if let Some(t) = self.upstream.as_ref().and_then(|u| u.find(target.id)) {
             t.record(status, cause);
         }
     }

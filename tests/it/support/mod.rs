@@ -2,6 +2,7 @@
 //! the captured access log.
 
 pub mod etcd;
+pub mod dns;
 pub mod node;
 pub mod pebble;
 pub mod tls;
