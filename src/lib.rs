@@ -13,6 +13,7 @@ pub mod cause;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod doctor;
 pub mod gateway;
 pub mod lifecycle;

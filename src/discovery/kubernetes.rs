@@ -1,0 +1,299 @@
+//! Kubernetes discovery: the targets of an upstream are the endpoints of a Service, read from
+//! its EndpointSlices with one list and then a watch, kept as a set of slices ([`slices`]).
+//!
+//! A lean client of our own ([`api`]: one hyper HTTP/1.1 connection per request over the
+//! upstream connector and our rustls setup, JSON through serde) rather than kube-rs: kube-rs
+//! and k8s-openapi take minutes to compile and we need list + watch of one resource.
+//!
+//! The loop: list (`labelSelector=kubernetes.io/service-name=<service>`), report the set, then
+//! watch from the list's `resourceVersion` with bookmarks, applying ADDED / MODIFIED / DELETED
+//! and moving the version on with each event and bookmark. A stream the server ends is watched
+//! again at once from the last version; a broken connection after a pause (backoff); a 410
+//! Gone (as the response status or as an ERROR event) lists again. A report is sent only when
+//! the set changed, so a re-list that finds the same slices changes nothing. A request that
+//! fails (API unreachable, 403) is [`Report::Failed`]; the upstream keeps its last set.
+
+mod api;
+mod auth;
+mod slices;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+pub use slices::{readiness, Conditions, PortSpec};
+
+use super::{Discovered, Report, Source};
+use api::{ApiError, ApiServer, Lines};
+use slices::{Event, SliceSet};
+
+/// The checked `discovery = { kubernetes = { ... } }` of one upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesSettings {
+    pub service: String,
+    /// `None`: the namespace of the credentials (the pod's own, or the kubeconfig context's),
+    /// else `default`.
+    pub namespace: Option<String>,
+    /// A port name of the Service (`http`), or a number.
+    pub port: String,
+    /// Read this kubeconfig file instead of the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Talk to this URL without credentials (a test stand-in or `kubectl proxy`).
+    pub api_server: Option<String>,
+}
+
+impl KubernetesSettings {
+    /// What is wrong with the settings, each as a message for the field named.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if !is_dns_label(&self.service) {
+            out.push((
+                "service",
+                format!(
+                    "{:?} is not a Service name (a DNS label: a-z, 0-9, '-')",
+                    self.service
+                ),
+            ));
+        }
+        if let Some(ns) = &self.namespace {
+            if !is_dns_label(ns) {
+                out.push(("namespace", format!("{ns:?} is not a namespace name")));
+            }
+        }
+        if let Some(url) = &self.api_server {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                out.push(("api_server", format!("{url:?}: use http:// or https://")));
+            }
+        }
+        out
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Ask the server to end a watch after this long (it then starts again from the last version);
+/// a stream silent for longer than this plus a margin is taken as dead.
+const WATCH_SECONDS: u64 = 290;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The EndpointSlices of one Service as a discovery source.
+pub struct Kubernetes {
+    pub settings: KubernetesSettings,
+    /// The upstream it feeds, for logs.
+    pub upstream: String,
+}
+
+impl Source for Kubernetes {
+    fn run(self: Box<Self>, tx: mpsc::Sender<Report>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            tokio::select! {
+                _ = self.watch(&tx) => {}
+                _ = tx.closed() => {}
+            }
+        })
+    }
+}
+
+/// Where the loop stands.
+struct Watcher<'a> {
+    upstream: &'a str,
+    tx: &'a mpsc::Sender<Report>,
+    set: SliceSet,
+    /// What was last reported, to report changes only.
+    reported: Option<Vec<Discovered>>,
+    /// The last misconfiguration reported, to say it once.
+    problem: Option<String>,
+    backoff: Duration,
+}
+
+impl Kubernetes {
+    async fn watch(&self, tx: &mpsc::Sender<Report>) {
+        let s = &self.settings;
+        let mut w = Watcher {
+            upstream: &self.upstream,
+            tx,
+            set: SliceSet::new(PortSpec::parse(&s.port)),
+            reported: None,
+            problem: None,
+            backoff: FIRST_BACKOFF,
+        };
+        // Credentials first: a file missing now may be mounted later.
+        let (server, namespace) = loop {
+            match auth::resolve(s.api_server.as_deref(), s.kubeconfig.as_deref()) {
+                Ok(r) => {
+                    let ns = s
+                        .namespace
+                        .clone()
+                        .or(r.namespace)
+                        .unwrap_or_else(|| "default".to_string());
+                    if is_dns_label(&ns) {
+                        break (r.server, ns);
+                    }
+                    w.failed(format!("Kubernetes: {ns:?} is not a namespace name"))
+                        .await;
+                }
+                Err(e) => w.failed(format!("Kubernetes API: {e}")).await,
+            }
+        };
+        let path = format!(
+            "/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3D{}",
+            s.service
+        );
+        tracing::info!(upstream = %self.upstream, api = %server.url, %namespace, service = %s.service, "watching EndpointSlices");
+        loop {
+            let version = match server.list(&path).await {
+                Ok(list) => {
+                    w.set.replace(list.items);
+                    w.report().await;
+                    w.backoff = FIRST_BACKOFF;
+                    list.metadata.resource_version
+                }
+                Err(ApiError::Gone) => {
+                    w.failed(format!("{}: list answered 410 Gone", server.url))
+                        .await;
+                    continue;
+                }
+                Err(ApiError::Failed(e)) => {
+                    w.failed(e).await;
+                    continue;
+                }
+            };
+            w.watch_from(&server, &path, version).await;
+        }
+    }
+}
+
+impl Watcher<'_> {
+    /// Watches from `version` until the version is gone (then the caller lists again).
+    async fn watch_from(&mut self, server: &ApiServer, path: &str, mut version: String) {
+        loop {
+            let url = format!(
+                "{path}&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={version}"
+            );
+            let mut lines = match server.watch(&url).await {
+                Ok(lines) => lines,
+                Err(ApiError::Gone) => return,
+                Err(ApiError::Failed(e)) => {
+                    self.failed(e).await;
+                    continue;
+                }
+            };
+            match self.follow(&mut lines, &mut version).await {
+                Ended::Gone => {
+                    tracing::info!(upstream = %self.upstream, "resource version expired (410): listing again");
+                    return;
+                }
+                Ended::Clean => {}
+                Ended::Broken(why) => {
+                    // A reconnect is not a failure; a reconnect that fails is reported then.
+                    tracing::info!(upstream = %self.upstream, %why, "EndpointSlice watch dropped: watching again");
+                    self.pause().await;
+                }
+            }
+        }
+    }
+
+    /// Applies the events of one watch response.
+    async fn follow(&mut self, lines: &mut Lines, version: &mut String) -> Ended {
+        let silence = Duration::from_secs(WATCH_SECONDS + 30);
+        let mut events = 0usize;
+        loop {
+            let line = match tokio::time::timeout(silence, lines.next()).await {
+                Err(_) => return Ended::Broken("no event or bookmark for too long".to_string()),
+                Ok(Err(e)) => return Ended::Broken(e),
+                // A stream ended before it said anything is not trusted to be a timeout.
+                Ok(Ok(None)) if events == 0 => {
+                    return Ended::Broken("the watch ended at once".to_string())
+                }
+                Ok(Ok(None)) => return Ended::Clean,
+                Ok(Ok(Some(line))) => line,
+            };
+            let event = match slices::parse_event(&line) {
+                Ok(e) => e,
+                Err(e) => return Ended::Broken(e),
+            };
+            self.backoff = FIRST_BACKOFF;
+            events += 1;
+            match event {
+                Event::Upsert(slice) => {
+                    *version = slice.metadata.resource_version.clone();
+                    self.set.upsert(slice);
+                }
+                Event::Delete(slice) => {
+                    *version = slice.metadata.resource_version.clone();
+                    self.set.delete(&slice.metadata.name);
+                }
+                Event::Bookmark(v) => {
+                    *version = v;
+                    continue;
+                }
+                Event::Gone => return Ended::Gone,
+                Event::Error(e) => return Ended::Broken(e),
+            }
+            self.report().await;
+        }
+    }
+
+    /// Sends the set if it changed; a set emptied by a misconfiguration is a failure instead.
+    async fn report(&mut self) {
+        let problem = self.set.problem();
+        if problem != self.problem {
+            self.problem = problem.clone();
+            if let Some(p) = problem {
+                tracing::warn!(upstream = %self.upstream, problem = %p, "Kubernetes discovery: keeping the last targets");
+                let _ = self
+                    .tx
+                    .send(Report::Failed(format!("Kubernetes: {p}")))
+                    .await;
+            }
+        }
+        if self.problem.is_some() {
+            return;
+        }
+        let targets: Vec<Discovered> = self
+            .set
+            .targets()
+            .into_iter()
+            .map(|(addr, readiness)| Discovered { addr, readiness })
+            .collect();
+        if self.reported.as_ref() == Some(&targets) {
+            return;
+        }
+        tracing::info!(upstream = %self.upstream, targets = targets.len(), "EndpointSlices changed");
+        self.reported = Some(targets.clone());
+        let _ = self.tx.send(Report::Targets(targets)).await;
+    }
+
+    async fn failed(&mut self, why: String) {
+        tracing::warn!(upstream = %self.upstream, %why, "Kubernetes discovery failed; keeping the last targets");
+        let _ = self.tx.send(Report::Failed(why)).await;
+        self.pause().await;
+    }
+
+    /// Waits the backoff, then doubles it (with jitter, so many instances do not march).
+    async fn pause(&mut self) {
+        let jitter = self.backoff.mul_f64(fastrand::f64() * 0.2);
+        tokio::time::sleep(self.backoff + jitter).await;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+enum Ended {
+    /// The server ended the stream (its timeout): watch again at once.
+    Clean,
+    /// The connection broke or the stream made no sense: watch again after a pause.
+    Broken(String),
+    /// 410 in the stream: list again.
+    Gone,
+}
