@@ -156,7 +156,6 @@ impl Kubernetes {
                 Ok(list) => {
                     w.set.replace(list.items);
                     w.report().await;
-                    w.backoff = FIRST_BACKOFF;
                     list.metadata.resource_version
                 }
                 Err(ApiError::Gone) => {
@@ -169,30 +168,40 @@ impl Kubernetes {
                     continue;
                 }
             };
-            w.watch_from(&server, &path, version).await;
+            if w.watch_from(&server, &path, version).await == Relist::AfterPause {
+                // 410 before any event: the server's versions move faster than we list;
+                // do not spin on it.
+                w.pause().await;
+            }
         }
     }
 }
 
 impl Watcher<'_> {
     /// Watches from `version` until the version is gone (then the caller lists again).
-    async fn watch_from(&mut self, server: &ApiServer, path: &str, mut version: String) {
+    async fn watch_from(&mut self, server: &ApiServer, path: &str, mut version: String) -> Relist {
+        let mut events = 0;
         loop {
             let url = format!(
                 "{path}&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={version}"
             );
             let mut lines = match server.watch(&url).await {
                 Ok(lines) => lines,
-                Err(ApiError::Gone) => return,
+                Err(ApiError::Gone) if events == 0 => return Relist::AfterPause,
+                Err(ApiError::Gone) => return Relist::Now,
                 Err(ApiError::Failed(e)) => {
                     self.failed(e).await;
                     continue;
                 }
             };
-            match self.follow(&mut lines, &mut version).await {
+            match self.follow(&mut lines, &mut version, &mut events).await {
                 Ended::Gone => {
                     tracing::info!(upstream = %self.upstream, "resource version expired (410): listing again");
-                    return;
+                    return if events == 0 {
+                        Relist::AfterPause
+                    } else {
+                        Relist::Now
+                    };
                 }
                 Ended::Clean => {}
                 Ended::Broken(why) => {
@@ -205,15 +214,21 @@ impl Watcher<'_> {
     }
 
     /// Applies the events of one watch response.
-    async fn follow(&mut self, lines: &mut Lines, version: &mut String) -> Ended {
+    /// Applies the events of one watch response; `events` counts them over the whole watch.
+    async fn follow(
+        &mut self,
+        lines: &mut Lines,
+        version: &mut String,
+        events: &mut usize,
+    ) -> Ended {
         let silence = Duration::from_secs(WATCH_SECONDS + 30);
-        let mut events = 0usize;
+        let start = *events;
         loop {
             let line = match tokio::time::timeout(silence, lines.next()).await {
                 Err(_) => return Ended::Broken("no event or bookmark for too long".to_string()),
                 Ok(Err(e)) => return Ended::Broken(e),
                 // A stream ended before it said anything is not trusted to be a timeout.
-                Ok(Ok(None)) if events == 0 => {
+                Ok(Ok(None)) if *events == start => {
                     return Ended::Broken("the watch ended at once".to_string())
                 }
                 Ok(Ok(None)) => return Ended::Clean,
@@ -223,23 +238,29 @@ impl Watcher<'_> {
                 Ok(e) => e,
                 Err(e) => return Ended::Broken(e),
             };
-            self.backoff = FIRST_BACKOFF;
-            events += 1;
-            match event {
+            let changed = match event {
+                Event::Gone => return Ended::Gone,
+                Event::Error(e) => return Ended::Broken(e),
+                Event::Bookmark(v) => {
+                    *version = v;
+                    false
+                }
                 Event::Upsert(slice) => {
                     *version = slice.metadata.resource_version.clone();
                     self.set.upsert(slice);
+                    true
                 }
                 Event::Delete(slice) => {
                     *version = slice.metadata.resource_version.clone();
                     self.set.delete(&slice.metadata.name);
+                    true
                 }
-                Event::Bookmark(v) => {
-                    *version = v;
-                    continue;
-                }
-                Event::Gone => return Ended::Gone,
-                Event::Error(e) => return Ended::Broken(e),
+            };
+            // A stream that delivers is healthy again.
+            self.backoff = FIRST_BACKOFF;
+            *events += 1;
+            if !changed {
+                continue;
             }
             self.report().await;
         }
@@ -287,6 +308,12 @@ impl Watcher<'_> {
         tokio::time::sleep(self.backoff + jitter).await;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Relist {
+    Now,
+    AfterPause,
 }
 
 enum Ended {
