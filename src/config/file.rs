@@ -131,6 +131,10 @@ pub struct RawUpstream {
     pub client_cert: Option<Str>,
     pub client_key: Option<Str>,
     pub insecure_skip_verify: Option<Spanned<bool>>,
+    /// A source name (`"dns"`) or an inline table naming one; read in `validate_upstream.rs`.
+    pub discovery: Option<Spanned<toml::Value>>,
+    pub dns_interval: Option<Str>,
+    pub dns_nameserver: Option<Str>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

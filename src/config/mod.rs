@@ -258,6 +258,41 @@ pub struct UpstreamConfig {
     pub outage_hold_queue: usize,
     /// `protocol = "https"`: TLS to every target; `None` is plain HTTP/1.1.
     pub tls: Option<UpstreamTlsConfig>,
+    /// Where the targets come from: the `targets` list as written (static), or a discovery
+    /// source that replaces the list while serving (`src/discovery`).
+    pub discovery: Discovery,
+}
+
+/// An upstream's `discovery` key. A running upstream's `targets` are the discovered set; the
+/// file's `targets` are the source's input (for DNS: the names to resolve).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Discovery {
+    /// No `discovery` key: `targets` is the list, names resolved at connect time.
+    #[default]
+    Static,
+    /// `discovery = "dns"`: every `targets` entry is resolved on an interval, each address a
+    /// target of its own.
+    Dns(DnsDiscovery),
+}
+
+impl Discovery {
+    /// The source's name, as logs, `/status` and the metric label say it.
+    pub fn source_name(&self) -> &'static str {
+        match self {
+            Discovery::Static => "static",
+            Discovery::Dns(_) => "dns",
+        }
+    }
+}
+
+/// `discovery = "dns"` and its `dns_*` keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsDiscovery {
+    /// How often names are resolved again (a shorter record TTL brings it forward).
+    pub interval: Duration,
+    /// Ask this nameserver (`dns_nameserver = "10.0.0.2:53"`) instead of the system's
+    /// (`/etc/resolv.conf`).
+    pub nameserver: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -310,6 +345,8 @@ pub mod defaults {
     pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
     pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
     pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+    /// `discovery = "dns"`: names are resolved again this often (or sooner, at a shorter TTL).
+    pub const DNS_INTERVAL: Duration = Duration::from_secs(5);
     pub const ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
     pub const PER_TRY_TIMEOUT: Duration = Duration::from_secs(5);
     pub const RETRIES: u32 = 2;
@@ -418,6 +455,7 @@ impl UpstreamConfig {
             outage_hold: defaults::OUTAGE_HOLD,
             outage_hold_queue: defaults::OUTAGE_HOLD_QUEUE,
             tls: None,
+            discovery: Discovery::Static,
         }
     }
 }

@@ -11,7 +11,8 @@ use super::file::{
 use super::validate::Cx;
 use super::validate_tls;
 use super::{
-    defaults, values, Balance, HealthCheckKind, HealthConfig, PassiveConfig, UpstreamConfig,
+    defaults, values, Balance, Discovery, DnsDiscovery, HealthCheckKind, HealthConfig,
+    PassiveConfig, UpstreamConfig,
 };
 
 /// Protocols the spec names for later; refused with a clear message until the pool speaks them.
@@ -67,8 +68,13 @@ pub(super) fn upstream_config(
         client_cert,
         client_key,
         insecure_skip_verify,
+        discovery,
+        dns_interval,
+        dns_nameserver,
     } = body;
     let f = |key: &str| format!("{field}.{key}");
+    let discovery = discovery_config(cx, discovery, dns_interval, dns_nameserver, &field);
+    let srv_allowed = matches!(discovery, Discovery::Dns(_));
     let targets = match targets {
         None => {
             cx.missing(
@@ -89,13 +95,15 @@ pub(super) fn upstream_config(
         Some(t) => {
             let mut out: Vec<String> = Vec::new();
             for target in t.into_inner() {
-                if cx
-                    .check(
-                        values::check_target(target.get_ref()),
-                        target.span(),
-                        &f("targets"),
-                    )
-                    .is_none()
+                let srv = srv_allowed && is_srv_name(target.get_ref());
+                if !srv
+                    && cx
+                        .check(
+                            values::check_target(target.get_ref()),
+                            target.span(),
+                            &f("targets"),
+                        )
+                        .is_none()
                 {
                     continue;
                 }
@@ -204,6 +212,7 @@ pub(super) fn upstream_config(
         outage_hold: cx.duration(outage_hold, &f("outage_hold"), defaults::OUTAGE_HOLD, false),
         outage_hold_queue: outage_hold_queue.unwrap_or(defaults::OUTAGE_HOLD_QUEUE),
         tls,
+        discovery,
     };
     name_ok.then(|| (name.into_inner(), config))
 }
@@ -338,4 +347,105 @@ fn passive_config(cx: &mut Cx<'_>, raw: RawPassive, field: &str) -> PassiveConfi
         max_ejected_percent,
         failure_statuses: cx.statuses(failure_statuses, &f("failure_statuses"), &[]),
     }
+}
+
+/// `discovery` and the `dns_*` keys. Unknown sources and `dns_*` keys without `discovery = "dns"`
+/// are refused (a key that would silently do nothing is an error).
+fn discovery_config(
+    cx: &mut Cx<'_>,
+    discovery: Option<Spanned<toml::Value>>,
+    dns_interval: Option<super::file::Str>,
+    dns_nameserver: Option<super::file::Str>,
+    field: &str,
+) -> Discovery {
+    let f = |key: &str| format!("{field}.{key}");
+    let known = "expected \"dns\" (leave `discovery` out for the static `targets` list)";
+    let source = match discovery {
+        None => Discovery::Static,
+        Some(d) => {
+            let span = d.span();
+            match d.into_inner() {
+                toml::Value::String(s) if s == "dns" => {
+                    let interval = cx.duration(
+                        dns_interval.clone(),
+                        &f("dns_interval"),
+                        defaults::DNS_INTERVAL,
+                        true,
+                    );
+                    let nameserver = dns_nameserver.clone().and_then(|n| {
+                        let span = n.span();
+                        let parsed = n.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
+                            format!(
+                                "expected IP:PORT of a nameserver like \"10.0.0.2:53\", got {:?}",
+                                n.get_ref()
+                            )
+                        });
+                        cx.check(parsed, span, &f("dns_nameserver"))
+                    });
+                    Discovery::Dns(DnsDiscovery {
+                        interval,
+                        nameserver,
+                    })
+                }
+                toml::Value::String(s) if s == "static" => Discovery::Static,
+                toml::Value::String(other) => {
+                    cx.err(
+                        span,
+                        &f("discovery"),
+                        format!("unknown discovery source {other:?}: {known}"),
+                    );
+                    Discovery::Static
+                }
+                toml::Value::Table(t) => {
+                    let keys: Vec<&String> = t.keys().collect();
+                    cx.err(
+                        span,
+                        &f("discovery"),
+                        format!("unknown discovery source {keys:?}: {known}"),
+                    );
+                    Discovery::Static
+                }
+                other => {
+                    cx.err(
+                        span,
+                        &f("discovery"),
+                        format!("expected a source name, got {}: {known}", other.type_str()),
+                    );
+                    Discovery::Static
+                }
+            }
+        }
+    };
+    if !matches!(source, Discovery::Dns(_)) {
+        for (key, value) in [
+            ("dns_interval", dns_interval),
+            ("dns_nameserver", dns_nameserver),
+        ] {
+            if let Some(v) = value {
+                cx.err(
+                    v.span(),
+                    &f(key),
+                    format!("{key} applies only with discovery = \"dns\""),
+                );
+            }
+        }
+    }
+    source
+}
+
+/// `_service._proto.name`: an SRV name, whose records give hosts and ports (DNS discovery).
+pub(crate) fn is_srv_name(s: &str) -> bool {
+    let mut labels = s.split('.');
+    let (Some(service), Some(proto)) = (labels.next(), labels.next()) else {
+        return false;
+    };
+    let rest: Vec<&str> = labels.collect();
+    service.len() > 1
+        && service.starts_with('_')
+        && proto.len() > 1
+        && proto.starts_with('_')
+        && !rest.is_empty()
+        && rest
+            .iter()
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
 }

@@ -32,6 +32,8 @@ pub struct Shared {
     pub draining: AtomicBool,
     /// The last reload and its result, for `/status`.
     pub reloads: ReloadStatus,
+    /// What each discovery source last said, for `/status`.
+    pub discovery: crate::discovery::DiscoveryStatus,
     reload_tx: mpsc::Sender<ReloadRequest>,
     /// The listening sockets serving now (duplicates, by listener name) and the admin
     /// listener's: what a binary upgrade hands to the new process.
@@ -121,6 +123,7 @@ impl Gateway {
             metrics,
             draining: AtomicBool::new(false),
             reloads: ReloadStatus::default(),
+            discovery: crate::discovery::DiscoveryStatus::default(),
             reload_tx,
             sockets: std::sync::Mutex::new(Vec::new()),
             admin_socket,

@@ -134,6 +134,8 @@ pub struct Live {
     /// In config order.
     listeners: Vec<(String, LiveListener)>,
     health: BTreeMap<String, (Arc<Upstream>, AbortOnDrop)>,
+    /// The discovery sources running, one per upstream that has one.
+    sources: crate::discovery::Sources,
 }
 
 impl Live {
@@ -153,6 +155,7 @@ impl Live {
             applied_source: None,
             listeners: Vec::new(),
             health: BTreeMap::new(),
+            sources: crate::discovery::Sources::default(),
         };
         let config = live.shared.snapshot.load().config.clone();
         for lc in &config.listeners {
@@ -256,6 +259,16 @@ impl Live {
             .sockets
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = sockets;
+        self.restart_health();
+        let config = self.shared.snapshot.load().config.clone();
+        for name in self.sources.reconcile(&config, &self.shared.discovery) {
+            let source = self.sources.source_name(&name);
+            self.shared.metrics.discovery.started(&name, source);
+        }
+    }
+
+    /// Starts health checks for every upstream that is new or was replaced (its old task ends).
+    fn restart_health(&mut self) {
         let snapshot = self.shared.snapshot.load_full();
         self.health.retain(|name, (up, _)| {
             snapshot
@@ -303,8 +316,15 @@ impl Live {
             Some((w, events)) => (Some(w), events),
             None => (None, mpsc::channel::<()>(1).1),
         };
+        let mut discovered = self
+            .sources
+            .take_reports()
+            .unwrap_or_else(|| mpsc::channel(1).1);
         loop {
+            // One task applies reloads and discovery reports, so the two never race: a reload
+            // builds on the discovered targets, a report on the reloaded config.
             tokio::select! {
+                Some(update) = discovered.recv() => self.discovered(update),
                 Some(request) = requests.recv() => {
                     let outcome = self.reload(request.source).await;
                     if let Some(reply) = request.reply {
@@ -319,6 +339,108 @@ impl Live {
                 else => std::future::pending::<()>().await,
             }
         }
+    }
+
+    /// Applies one discovery report: a changed set swaps in the upstream built again keyed by
+    /// address (see [`Snapshot::with_discovered`]); readiness changes mark targets draining or
+    /// back; a failure or an empty set keeps the last good set and is reported.
+    fn discovered(&mut self, update: crate::discovery::Update) {
+        use crate::discovery::{counts, normalize, Readiness, Report};
+        if !self.sources.is_current(&update) {
+            return;
+        }
+        let name = update.upstream;
+        let source = self.sources.source_name(&name);
+        let set = match update.report {
+            Report::Failed(reason) => return self.discovery_failed(&name, source, &reason),
+            Report::Targets(set) if set.is_empty() => {
+                return self.discovery_failed(
+                    &name,
+                    source,
+                    "the source answered an empty set (never applied: a pool is not emptied by discovery)",
+                )
+            }
+            Report::Targets(set) => normalize(set),
+        };
+        let old = self.shared.snapshot.load_full();
+        let Some(current) = old.upstreams.get(&name) else {
+            return;
+        };
+        let same_addrs = current.targets.len() == set.len()
+            && current
+                .targets
+                .iter()
+                .zip(&set)
+                .all(|(t, d)| *t.addr == d.addr);
+        let same_readiness = same_addrs
+            && current
+                .targets
+                .iter()
+                .zip(&set)
+                .all(|(t, d)| t.is_draining() == (d.readiness == Readiness::Draining));
+        if !same_addrs {
+            let targets: Vec<String> = set.iter().map(|d| d.addr.clone()).collect();
+            let snapshot = match old.with_discovered(&name, targets, &self.shared.metrics) {
+                Ok(s) => Arc::new(s),
+                Err(e) => return self.discovery_failed(&name, source, &e),
+            };
+            self.shared
+                .metrics
+                .set_upstreams(snapshot.upstreams.values());
+            self.shared.snapshot.store(snapshot.clone());
+            if let Some(next) = snapshot.upstreams.get(&name) {
+                if !Arc::ptr_eq(current, next) {
+                    current.succeeded_by(next.clone());
+                }
+            }
+            let added = set
+                .iter()
+                .filter(|d| !current.targets.iter().any(|t| *t.addr == d.addr))
+                .count();
+            let removed = current.targets.len() + added - set.len();
+            tracing::info!(upstream = %name, source, added, removed, targets = set.len(), "discovery: targets changed");
+        }
+        if !same_readiness {
+            let snapshot = self.shared.snapshot.load();
+            if let Some(up) = snapshot.upstreams.get(&name) {
+                for (t, d) in up.targets.iter().zip(&set) {
+                    if *t.addr == d.addr {
+                        t.set_draining(d.readiness == Readiness::Draining);
+                    }
+                }
+            }
+        }
+        if !same_addrs {
+            self.restart_health();
+        }
+        let unix = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let counts = counts(&set);
+        self.shared.discovery.succeeded(&name, counts);
+        self.shared
+            .metrics
+            .discovery
+            .succeeded(&name, source, unix, counts, !same_readiness);
+    }
+
+    fn discovery_failed(&self, upstream: &str, source: &'static str, reason: &str) {
+        let kept = self
+            .shared
+            .snapshot
+            .load()
+            .upstreams
+            .get(upstream)
+            .map_or(0, |u| u.targets.len());
+        tracing::warn!(
+            upstream,
+            source,
+            reason,
+            kept,
+            "discovery failed; the last good targets keep serving"
+        );
+        self.shared.discovery.failed(upstream, reason);
+        self.shared.metrics.discovery.failed(upstream, source);
     }
 
     /// A file event: reload if the content differs from what was applied last.

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Config, Discovery, UpstreamConfig};
 use crate::observe::metrics::Metrics;
 use crate::proxy::forward::Route;
 use crate::proxy::retry::RetryBudget;
@@ -37,9 +37,42 @@ impl Snapshot {
         previous: Option<&Snapshot>,
         metrics: &Metrics,
     ) -> Result<Snapshot, String> {
+        let generation = previous.map_or(1, |p| p.generation + 1);
+        Self::build_with(config, previous, metrics, None, generation)
+    }
+
+    /// The same snapshot with the targets of `upstream` (which has a discovery source) replaced
+    /// by `targets` — the keyed update of a reload: targets still listed keep their pools and
+    /// health, requests waiting move over. The config generation does not change.
+    pub fn with_discovered(
+        &self,
+        upstream: &str,
+        targets: Vec<String>,
+        metrics: &Metrics,
+    ) -> Result<Snapshot, String> {
+        let config = (*self.config).clone();
+        Self::build_with(
+            config,
+            Some(self),
+            metrics,
+            Some((upstream, targets)),
+            self.generation,
+        )
+    }
+
+    fn build_with(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+        discovered: Option<(&str, Vec<String>)>,
+        generation: u64,
+    ) -> Result<Snapshot, String> {
         let mut upstreams: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
+        let mut discovered = discovered;
         for (name, cfg) in &config.upstreams {
             let old = previous.and_then(|p| p.upstreams.get(name));
+            let effective = effective_config(name, cfg, previous, &mut discovered);
+            let cfg = effective.as_ref().unwrap_or(cfg);
             let upstream = match old {
                 Some(old) if old.config == *cfg => old.clone(),
                 Some(old) => Arc::new(old.rebuild(cfg.clone())?),
@@ -78,7 +111,7 @@ impl Snapshot {
             routes.push(route);
         }
         Ok(Snapshot {
-            generation: previous.map_or(1, |p| p.generation + 1),
+            generation,
             config: Arc::new(config),
             upstreams,
             routes,
@@ -116,4 +149,36 @@ impl Snapshot {
                 )
             })
     }
+}
+
+/// The config an upstream with a discovery source runs with: the file's, with `targets` the
+/// discovered set — the one being applied (`discovered`), else the one serving now when the
+/// source and its input are unchanged, else none yet (requests wait in the outage hold until
+/// the source's first answer). `None` for a static upstream: the file's config as is.
+fn effective_config(
+    name: &str,
+    cfg: &UpstreamConfig,
+    previous: Option<&Snapshot>,
+    discovered: &mut Option<(&str, Vec<String>)>,
+) -> Option<UpstreamConfig> {
+    if cfg.discovery == Discovery::Static {
+        return None;
+    }
+    let targets = match discovered.take() {
+        Some((upstream, targets)) if upstream == name => targets,
+        other => {
+            *discovered = other;
+            previous
+                .and_then(|p| {
+                    let before = p.config.upstreams.get(name)?;
+                    let serving = p.upstreams.get(name)?;
+                    crate::discovery::same_source(before, cfg)
+                        .then(|| serving.config.targets.clone())
+                })
+                .unwrap_or_default()
+        }
+    };
+    let mut effective = cfg.clone();
+    effective.targets = targets;
+    Some(effective)
 }

@@ -8,6 +8,7 @@
 //! Only error requests (a cause other than `none`) go through a family lookup.
 //! Upstream gauges and health counters are read at scrape time (see [`upstream`]).
 
+pub mod discovery;
 mod histogram;
 pub mod names;
 mod route;
@@ -108,6 +109,8 @@ pub struct Metrics {
     upstreams: upstream::UpstreamList,
     /// Reloads and the config generation.
     pub reloads: ReloadMetrics,
+    /// Discovery sources: errors, updates, last success.
+    pub discovery: discovery::DiscoveryMetrics,
 }
 
 /// Config reloads: how many by result, the generation serving, when the last one happened.
@@ -192,11 +195,14 @@ impl Metrics {
             CONFIG_LAST_RELOAD_HELP,
             reloads.last_reload.clone(),
         );
+        let discovery = discovery::DiscoveryMetrics::default();
+        discovery.register(&mut registry);
         Metrics {
             registry,
             families,
             upstreams,
             reloads,
+            discovery,
         }
     }
 

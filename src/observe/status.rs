@@ -83,6 +83,7 @@ pub fn document(shared: &Shared) -> Value {
                 "queue_depth": up.queue_depth(),
                 "held": up.hold.depth(),
                 "never_healthy": up.never_healthy(),
+                "discovery": shared.discovery.get(name),
                 "targets": targets,
             });
             (name.clone(), doc)

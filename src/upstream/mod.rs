@@ -258,9 +258,11 @@ impl Upstream {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Whether any target may take traffic now (the gateway's `/ready`).
+    /// Whether any target may take traffic now (the gateway's `/ready`); a draining target
+    /// that is otherwise up counts when it is the only kind left (it serves then).
     pub fn has_routable_target(&self) -> bool {
         self.targets.iter().any(|t| t.routable())
+            || self.targets.iter().any(|t| t.draining_but_up())
     }
 
     /// Whether no target has been routable since start (the app was never up).
@@ -373,6 +375,9 @@ impl Upstream {
         // healthy yet) it does not apply: that is the outage hold.
         let panic =
             healthy > 0 && panic_mode(healthy, self.targets.len(), self.config.panic_threshold);
+        // Nothing routable: draining targets that are otherwise up serve rather than nobody
+        // (discovery drains them; their replacements are not up yet).
+        let fallback = healthy == 0;
         let mut saturated = false;
         // Pools are small: candidates live on the stack up to 16 targets.
         let mut stack = [Candidate {
@@ -388,11 +393,9 @@ impl Upstream {
             &mut heap
         };
         for (slot, t) in candidates.iter_mut().zip(&self.targets) {
-            let weight = if panic && t.state() != State::Draining {
-                1.0
-            } else {
-                t.weight(now)
-            };
+            let serves_anyway =
+                (panic && t.state() != State::Draining) || (fallback && t.draining_but_up());
+            let weight = if serves_anyway { 1.0 } else { t.weight(now) };
             let weight = if weight > 0.0 && !t.has_capacity() {
                 saturated = true;
                 0.0

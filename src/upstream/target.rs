@@ -115,6 +115,26 @@ impl Target {
         self.health.lock().expect("health lock").state()
     }
 
+    /// Whether discovery says this target is terminating (`State::Draining`).
+    pub fn is_draining(&self) -> bool {
+        self.state() == State::Draining
+    }
+
+    /// Discovery marks the target draining (no new requests unless nothing else can serve) or
+    /// back in rotation; nothing happens when it already is.
+    pub fn set_draining(&self, draining: bool) {
+        if self.is_draining() != draining {
+            self.observe(|h| h.draining(draining, Instant::now()));
+        }
+    }
+
+    /// Draining, but its checks pass and it is not ejected: it may serve when no other target
+    /// can (in-flight ones finish either way).
+    pub fn draining_but_up(&self) -> bool {
+        let health = self.health.lock().expect("health lock");
+        health.state() == State::Draining && health.up_underneath()
+    }
+
     /// Applies one observation to the health state machine; logs and publishes a transition.
     pub fn observe(&self, f: impl FnOnce(&mut TargetHealth) -> Option<Transition>) {
         let mut health = self.health.lock().expect("health lock");

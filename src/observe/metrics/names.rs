@@ -93,3 +93,19 @@ pub const CONFIG_LAST_RELOAD_HELP: &str =
 pub const TLS_CERTIFICATE_EXPIRY: &str = "gatewise_tls_certificate_expiry_seconds";
 pub const TLS_CERTIFICATE_EXPIRY_HELP: &str =
     "Seconds until a certificate a TLS listener serves expires (negative once expired), by listener and the certificate's first name";
+
+pub const DISCOVERY_ERRORS: &str = "gatewise_discovery_errors_total";
+pub const DISCOVERY_ERRORS_HELP: &str =
+    "Discovery answers that could not be used (source failed, or answered an empty set), by upstream and source; the last good targets kept serving";
+
+pub const DISCOVERY_UPDATES: &str = "gatewise_discovery_updates_total";
+pub const DISCOVERY_UPDATES_HELP: &str =
+    "Target sets from a discovery source that changed an upstream's targets or their readiness, by upstream and source";
+
+pub const DISCOVERY_LAST_SUCCESS: &str = "gatewise_discovery_last_success_timestamp_seconds";
+pub const DISCOVERY_LAST_SUCCESS_HELP: &str =
+    "Unix time of the last usable answer from an upstream's discovery source; 0 before the first";
+
+pub const DISCOVERY_TARGETS: &str = "gatewise_discovery_targets";
+pub const DISCOVERY_TARGETS_HELP: &str =
+    "Targets of an upstream from its discovery source now, by readiness (ready, draining)";

@@ -267,6 +267,12 @@ impl TargetHealth {
         self.state().routable()
     }
 
+    /// Routable but for draining: checks pass and no ejection (a draining target may still
+    /// serve when nothing else can).
+    pub fn up_underneath(&self) -> bool {
+        self.active_up && self.ejected_until.is_none()
+    }
+
     /// Times ejected in a row, for the status page.
     pub fn ejections(&self) -> u32 {
         self.ejections
