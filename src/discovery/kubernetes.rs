@@ -18,7 +18,6 @@ mod auth;
 mod slices;
 
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -30,46 +29,31 @@ use super::{Discovered, Report, Source};
 use api::{ApiError, ApiServer, Lines};
 use slices::{Event, SliceSet};
 
-/// The checked `discovery = { kubernetes = { ... } }` of one upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KubernetesSettings {
-    pub service: String,
-    /// `None`: the namespace of the credentials (the pod's own, or the kubeconfig context's),
-    /// else `default`.
-    pub namespace: Option<String>,
-    /// A port name of the Service (`http`), or a number.
-    pub port: String,
-    /// Read this kubeconfig file instead of the in-cluster service account.
-    pub kubeconfig: Option<PathBuf>,
-    /// Talk to this URL without credentials (a test stand-in or `kubectl proxy`).
-    pub api_server: Option<String>,
-}
+pub use crate::config::KubernetesDiscovery as KubernetesSettings;
 
-impl KubernetesSettings {
-    /// What is wrong with the settings, each as a message for the field named.
-    pub fn problems(&self) -> Vec<(&'static str, String)> {
-        let mut out = Vec::new();
-        if !is_dns_label(&self.service) {
-            out.push((
-                "service",
-                format!(
-                    "{:?} is not a Service name (a DNS label: a-z, 0-9, '-')",
-                    self.service
-                ),
-            ));
-        }
-        if let Some(ns) = &self.namespace {
-            if !is_dns_label(ns) {
-                out.push(("namespace", format!("{ns:?} is not a namespace name")));
-            }
-        }
-        if let Some(url) = &self.api_server {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                out.push(("api_server", format!("{url:?}: use http:// or https://")));
-            }
-        }
-        out
+/// What is wrong with the settings, each as a message for the key named (config validation).
+pub fn problems(s: &KubernetesSettings) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if !is_dns_label(&s.service) {
+        out.push((
+            "service",
+            format!(
+                "{:?} is not a Service name (a DNS label: a-z, 0-9, '-')",
+                s.service
+            ),
+        ));
     }
+    if let Some(ns) = &s.namespace {
+        if !is_dns_label(ns) {
+            out.push(("namespace", format!("{ns:?} is not a namespace name")));
+        }
+    }
+    if let Some(url) = &s.api_server {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            out.push(("api_server", format!("{url:?}: use http:// or https://")));
+        }
+    }
+    out
 }
 
 fn is_dns_label(s: &str) -> bool {

@@ -1,13 +1,23 @@
 //! Kubernetes discovery against the API-server stand-in (`support::kube`): the source's reports
 //! as the slices change, a 410 that forces a re-list, a dropped watch, an unreachable API.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use gatewise::config::Discovery;
 use gatewise::discovery::kubernetes::{Kubernetes, KubernetesSettings};
 use gatewise::discovery::{Discovered, Readiness, Report, Source};
+use http::Method;
+use http_body_util::Full;
+use serde_json::Value;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::support::kube::{slice, FakeApi, Pod};
+use crate::support::traffic;
 
 fn settings(api: &str) -> KubernetesSettings {
     KubernetesSettings {
@@ -147,11 +157,17 @@ async fn a_dropped_watch_reconnects_from_the_last_version_without_a_relist() {
         targets(next_report(&mut rx).await),
         vec![ready("10.0.0.1:8080"), ready("10.0.0.2:8080")]
     );
-    // A bookmark moves the version on without a change.
-    let bookmark = api.bookmark();
+    // A bookmark moves the version on without a change; the server then ends the watch (its
+    // timeout) and the source watches again from the bookmark's version at once.
+    let bookmark = api.bookmark().to_string();
+    api.end_watches();
+    let seen = api
+        .wait_for("a watch from the bookmark", |s| {
+            s.open_watches == 1 && s.watches.last() == Some(&bookmark)
+        })
+        .await;
 
     // The connection breaks mid-stream; a change happens while the source is away.
-    let seen = api.seen();
     api.drop_watches();
     api.apply(slice("app-x1", "app", 8080, &[("10.0.0.2", Pod::Ready)]));
     assert_eq!(
@@ -163,10 +179,11 @@ async fn a_dropped_watch_reconnects_from_the_last_version_without_a_relist() {
         after.lists, seen.lists,
         "a dropped watch is not a reason to list again"
     );
+    assert_eq!(after.lists, 1);
     assert_eq!(
-        after.watches.last().map(String::as_str),
-        Some(bookmark.to_string().as_str()),
-        "the watch resumes from the bookmark's version: {:?}",
+        after.watches[seen.watches.len()..],
+        [bookmark],
+        "one new watch, from the last version seen: {:?}",
         after.watches
     );
     task.abort();
@@ -209,4 +226,354 @@ async fn a_port_name_the_service_lacks_is_a_failure_not_an_empty_set() {
         other => panic!("expected a failure, got {other:?}"),
     }
     task.abort();
+}
+
+/// Pods of one Deployment: a mock each on its own loopback address, all on one port, as pods
+/// are on their own IPs with the same container port.
+struct Pods {
+    port: u16,
+    mocks: Vec<(String, crate::support::upstream::Mock)>,
+}
+
+impl Pods {
+    async fn start(ips: &[&str]) -> Pods {
+        'again: loop {
+            let first = TcpListener::bind((ips[0], 0)).await.unwrap();
+            let port = first.local_addr().unwrap().port();
+            let mut listeners = vec![first];
+            for ip in &ips[1..] {
+                match TcpListener::bind((*ip, port)).await {
+                    Ok(l) => listeners.push(l),
+                    Err(_) => continue 'again, // taken on that address: another port
+                }
+            }
+            let mocks = ips
+                .iter()
+                .zip(listeners)
+                .map(|(ip, l)| {
+                    let name = ip.to_string();
+                    let body = Bytes::from(name.clone());
+                    let handler = Arc::new(move |_req: http::Request<Bytes>| {
+                        http::Response::new(Full::new(body.clone()))
+                    });
+                    (name, crate::support::upstream::serve_on(l, handler))
+                })
+                .collect();
+            return Pods { port, mocks };
+        }
+    }
+
+    fn requests(&self, ip: &str) -> usize {
+        self.mock(ip).stats.requests()
+    }
+
+    fn mock(&self, ip: &str) -> &crate::support::upstream::Mock {
+        &self.mocks.iter().find(|(n, _)| n == ip).unwrap().1
+    }
+
+    /// The pod's process exits (its listener closes; connections it had end with it).
+    fn stop(&mut self, ip: &str) {
+        self.mocks.retain(|(n, _)| n != ip);
+    }
+}
+
+/// The gateway's `/status` JSON.
+async fn status(client: &crate::support::TestClient, admin: SocketAddr) -> Value {
+    let req = http::Request::get(format!("http://{admin}/status"))
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (_, body) = crate::support::send(client, req).await;
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Polls `/status` until the upstream's targets and their states are `want` ("healthy" also
+/// matches "starting": a target discovered while serving ramps up through slow start).
+async fn wait_targets(
+    client: &crate::support::TestClient,
+    admin: SocketAddr,
+    want: &[(String, &str)],
+) {
+    let mut want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, s)| (a.clone(), s.to_string()))
+        .collect();
+    want.sort();
+    let mut last = Vec::new();
+    for _ in 0..500 {
+        let doc = status(client, admin).await;
+        let mut got: Vec<(String, String)> = doc["upstreams"]["default"]["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                let s = |k: &str| t[k].as_str().unwrap().to_string();
+                let state = match s("state").as_str() {
+                    "starting" => "healthy".to_string(),
+                    other => other.to_string(),
+                };
+                (s("target"), state)
+            })
+            .collect();
+        got.sort();
+        if got == want {
+            return;
+        }
+        last = got;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("targets never became {want:?}; last {last:?}");
+}
+
+#[tokio::test]
+async fn a_rolling_update_under_load_fails_no_request_and_draining_pods_get_no_new_ones() {
+    let ips = ["127.0.0.11", "127.0.0.12", "127.0.0.13", "127.0.0.14"];
+    let mut pods = Pods::start(&ips).await;
+    let port = pods.port;
+    let at = |ip: &str| format!("{ip}:{port}");
+    let api = FakeApi::start("default").await;
+    let step = |pods: &[(&str, Pod)]| api.apply(slice("app-7d9f", "app", port, pods));
+    step(&[(ips[0], Pod::Ready), (ips[1], Pod::Ready)]);
+
+    let mut config = crate::support::config(&[]);
+    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    crate::support::upstream_of(&mut config).discovery =
+        Discovery::Kubernetes(settings(&api.url()));
+    let gw = crate::support::start(config).await;
+    let admin = gw.admin.unwrap();
+    let client = crate::support::client();
+    wait_targets(
+        &client,
+        admin,
+        &[(at(ips[0]), "healthy"), (at(ips[1]), "healthy")],
+    )
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(traffic::run(
+        client.clone(),
+        gw.url("/"),
+        Method::GET,
+        4,
+        Duration::from_millis(1),
+        100_000,
+        stop.clone(),
+    ));
+    // Requests that reach `others` after `ip` was marked draining: enough that anything sent
+    // to `ip` before the mark has arrived; then `ip` must get none while load goes on.
+    let no_new_requests = |pods: &Pods, ip: &str, others: &[&str]| {
+        let sum = |pods: &Pods| others.iter().map(|o| pods.requests(o)).sum::<usize>();
+        (pods.requests(ip), sum(pods))
+    };
+    let load_moves_on = |pods: &Pods, others: &[&str], from: usize| {
+        let others = others.to_vec();
+        let stats: Vec<_> = others.iter().map(|o| pods.mock(o).stats.clone()).collect();
+        async move {
+            loop {
+                let n: usize = stats.iter().map(|s| s.requests()).sum();
+                if n >= from + 200 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // Surge: a new pod starts (not a target yet), becomes ready, then an old one terminates.
+    step(&[
+        (ips[0], Pod::Ready),
+        (ips[1], Pod::Ready),
+        (ips[2], Pod::Starting),
+    ]);
+    step(&[
+        (ips[0], Pod::Ready),
+        (ips[1], Pod::Ready),
+        (ips[2], Pod::Ready),
+    ]);
+    wait_targets(
+        &client,
+        admin,
+        &[
+            (at(ips[0]), "healthy"),
+            (at(ips[1]), "healthy"),
+            (at(ips[2]), "healthy"),
+        ],
+    )
+    .await;
+    step(&[
+        (ips[0], Pod::Terminating),
+        (ips[1], Pod::Ready),
+        (ips[2], Pod::Ready),
+    ]);
+    wait_targets(
+        &client,
+        admin,
+        &[
+            (at(ips[0]), "draining"),
+            (at(ips[1]), "healthy"),
+            (at(ips[2]), "healthy"),
+        ],
+    )
+    .await;
+    let (_, base) = no_new_requests(&pods, ips[0], &[ips[1], ips[2]]);
+    load_moves_on(&pods, &[ips[1], ips[2]], base).await;
+    let (drained_at, base) = no_new_requests(&pods, ips[0], &[ips[1], ips[2]]);
+    load_moves_on(&pods, &[ips[1], ips[2]], base).await;
+    assert_eq!(
+        pods.requests(ips[0]),
+        drained_at,
+        "a draining pod got new requests"
+    );
+
+    // The old pod is gone from the slice, then its process exits.
+    step(&[(ips[1], Pod::Ready), (ips[2], Pod::Ready)]);
+    wait_targets(
+        &client,
+        admin,
+        &[(at(ips[1]), "healthy"), (at(ips[2]), "healthy")],
+    )
+    .await;
+    pods.stop(ips[0]);
+
+    // The second surge, with the old pod terminating in the same update the new one is ready.
+    step(&[
+        (ips[1], Pod::Ready),
+        (ips[2], Pod::Ready),
+        (ips[3], Pod::Starting),
+    ]);
+    step(&[
+        (ips[1], Pod::Terminating),
+        (ips[2], Pod::Ready),
+        (ips[3], Pod::Ready),
+    ]);
+    wait_targets(
+        &client,
+        admin,
+        &[
+            (at(ips[1]), "draining"),
+            (at(ips[2]), "healthy"),
+            (at(ips[3]), "healthy"),
+        ],
+    )
+    .await;
+    let (_, base) = no_new_requests(&pods, ips[1], &[ips[2], ips[3]]);
+    load_moves_on(&pods, &[ips[2], ips[3]], base).await;
+    let (drained_at, base) = no_new_requests(&pods, ips[1], &[ips[2], ips[3]]);
+    load_moves_on(&pods, &[ips[2], ips[3]], base).await;
+    assert_eq!(
+        pods.requests(ips[1]),
+        drained_at,
+        "a draining pod got new requests"
+    );
+    step(&[(ips[2], Pod::Ready), (ips[3], Pod::Ready)]);
+    wait_targets(
+        &client,
+        admin,
+        &[(at(ips[2]), "healthy"), (at(ips[3]), "healthy")],
+    )
+    .await;
+    pods.stop(ips[1]);
+    let base = pods.requests(ips[2]) + pods.requests(ips[3]);
+    load_moves_on(&pods, &[ips[2], ips[3]], base).await;
+
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = load.await.unwrap();
+    assert!(outcomes.len() > 800, "load ran: {}", outcomes.len());
+    let errors = traffic::errors(&outcomes);
+    assert!(
+        errors.is_empty(),
+        "{} of {} requests failed: {errors:?}",
+        errors.len(),
+        outcomes.len()
+    );
+    let doc = status(&client, admin).await;
+    let d = &doc["upstreams"]["default"]["discovery"];
+    assert_eq!(d["source"], "kubernetes", "{d}");
+    assert_eq!(d["ready"], 2, "{d}");
+    assert!(d["failing"].is_null(), "{d}");
+}
+
+const K8S_CONFIG: &str = r#"
+[[listener]]
+name = "public"
+listen = "127.0.0.1:0"
+
+[[route]]
+upstream = "app"
+
+[upstream.app]
+discovery = { kubernetes = { service = "app", namespace = "shop", port = "http", kubeconfig = "kube/config" } }
+"#;
+
+#[test]
+fn kubernetes_discovery_config_parses_and_its_mistakes_are_named() {
+    let config = gatewise::config::parse(K8S_CONFIG, "/etc/gatewise/gatewise.toml").unwrap();
+    let up = &config.upstreams["app"];
+    assert!(up.targets.is_empty());
+    assert_eq!(
+        up.discovery,
+        Discovery::Kubernetes(KubernetesSettings {
+            service: "app".into(),
+            namespace: Some("shop".into()),
+            port: "http".into(),
+            kubeconfig: Some("/etc/gatewise/kube/config".into()),
+            api_server: None,
+        })
+    );
+    let numbered = K8S_CONFIG.replace(
+        r#"namespace = "shop", port = "http", kubeconfig = "kube/config""#,
+        "port = 8080",
+    );
+    let config = gatewise::config::parse(&numbered, "g.toml").unwrap();
+    match &config.upstreams["app"].discovery {
+        Discovery::Kubernetes(k) => {
+            assert_eq!((k.port.as_str(), k.namespace.as_ref()), ("8080", None))
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let cases = [
+        (
+            K8S_CONFIG.replace(
+                "[upstream.app]\n",
+                "[upstream.app]\ntargets = [\"10.0.0.1:80\"]\n",
+            ),
+            "upstream.app.targets",
+            "leave targets out",
+        ),
+        (
+            K8S_CONFIG.replace("service = \"app\"", "service = \"App_1\""),
+            "upstream.app.discovery.kubernetes.service",
+            "not a Service name",
+        ),
+        (
+            K8S_CONFIG.replace("port = \"http\"", "port = true"),
+            "upstream.app.discovery.kubernetes.port",
+            "a port name",
+        ),
+        (
+            K8S_CONFIG.replace("port = \"http\"", "port = \"http\", label = \"x\""),
+            "upstream.app.discovery.kubernetes",
+            "unknown field `label`",
+        ),
+        (
+            K8S_CONFIG.replace("service = \"app\", ", ""),
+            "upstream.app.discovery.kubernetes",
+            "missing field `service`",
+        ),
+        (
+            K8S_CONFIG.replace("kubernetes = {", "kubernets = {"),
+            "upstream.app.discovery",
+            "kubernetes",
+        ),
+    ];
+    for (src, field, words) in cases {
+        let errors = gatewise::config::parse(&src, "g.toml").unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.field == field && e.message.contains(words) && e.line == 10),
+            "{field} / {words:?}: {errors:?}"
+        );
+    }
 }

@@ -197,6 +197,15 @@ impl FakeApi {
         self.state.lock().unwrap().gone_next_watch = true;
     }
 
+    /// Ends every open watch cleanly after the events sent so far, as the server does when a
+    /// watch's `timeoutSeconds` is up.
+    pub fn end_watches(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.watchers.clear();
+        s.seen.open_watches = 0;
+        self.changed.notify_waiters();
+    }
+
     /// Breaks every open watch connection mid-stream.
     pub fn drop_watches(&self) {
         let mut s = self.state.lock().unwrap();
