@@ -577,3 +577,76 @@ fn kubernetes_discovery_config_parses_and_its_mistakes_are_named() {
         );
     }
 }
+
+/// A kubeconfig for the stand-in: its CA by file, a token; `current-context` picks it.
+fn kubeconfig(server: &str, ca_file: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+         clusters:\n- name: stand-in\n  cluster:\n    server: {server}\n    certificate-authority: {ca_file}\n\
+         contexts:\n- name: test\n  context:\n    cluster: stand-in\n    user: gatewise\n    namespace: shop\n\
+         users:\n- name: gatewise\n  user:\n    token: {token}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_kubeconfig_reaches_the_api_over_tls_with_its_token_and_a_wrong_token_is_named() {
+    let ca = crate::support::tls::TestCa::new("kube-ca");
+    let api = FakeApi::start_tls("shop", &ca.issue(&["127.0.0.1"]), "s3cret").await;
+    api.apply(slice("app-x1", "app", 8080, &[("10.0.0.1", Pod::Ready)]));
+    let dir = crate::support::tls::TempDir::new();
+    dir.write("ca.crt", &ca.cert_pem);
+
+    let run = |token: &str| {
+        let path = dir.write("config", &kubeconfig(&api.https_url(), "ca.crt", token));
+        let (tx, rx) = mpsc::channel(16);
+        let settings = KubernetesSettings {
+            namespace: None, // the context's: shop
+            kubeconfig: Some(path),
+            api_server: None,
+            ..settings("")
+        };
+        let source = Box::new(Kubernetes {
+            settings,
+            upstream: "app".into(),
+        });
+        (rx, tokio::spawn(source.run(tx)))
+    };
+    let (mut rx, task) = run("s3cret");
+    assert_eq!(
+        targets(next_report(&mut rx).await),
+        vec![ready("10.0.0.1:8080")]
+    );
+    api.wait_for("a watch over TLS", |s| s.open_watches == 1)
+        .await;
+    api.apply(slice(
+        "app-x1",
+        "app",
+        8080,
+        &[("10.0.0.1", Pod::Terminating)],
+    ));
+    assert_eq!(
+        targets(next_report(&mut rx).await),
+        vec![draining("10.0.0.1:8080")]
+    );
+    task.abort();
+
+    let (mut rx, task) = run("wrong");
+    match next_report(&mut rx).await {
+        Report::Failed(why) => assert!(
+            why.contains("401") && why.contains("token or client certificate"),
+            "{why}"
+        ),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    task.abort();
+
+    // A CA that did not sign the server's certificate: refused, and said so.
+    let other = crate::support::tls::TestCa::new("other-ca");
+    dir.write("ca.crt", &other.cert_pem);
+    let (mut rx, task) = run("s3cret");
+    match next_report(&mut rx).await {
+        Report::Failed(why) => assert!(why.contains("unknown issuer"), "{why}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    task.abort();
+}

@@ -91,8 +91,39 @@ impl Drop for FakeApi {
 type Body = BoxBody<Bytes, Infallible>;
 
 impl FakeApi {
-    /// Serves the slices of `namespace`, starting at resourceVersion 1 with none.
+    /// Serves the slices of `namespace` over plain HTTP without authentication, starting at
+    /// resourceVersion 1 with none.
     pub async fn start(namespace: &str) -> FakeApi {
+        FakeApi::start_with(namespace, None, None).await
+    }
+
+    /// Serves over TLS with the certificate `server`, and only to `Authorization: Bearer
+    /// <token>` (401 otherwise), as a real API server does.
+    pub async fn start_tls(namespace: &str, server: &super::tls::Pem, token: &str) -> FakeApi {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(server.cert.as_bytes())
+                .map(Result::unwrap)
+                .collect();
+        let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        FakeApi::start_with(namespace, Some(acceptor), Some(token.to_string())).await
+    }
+
+    async fn start_with(
+        namespace: &str,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        token: Option<String>,
+    ) -> FakeApi {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
@@ -102,6 +133,7 @@ impl FakeApi {
         }));
         let changed = Arc::new(Notify::new());
         let (st, ch, ns) = (state.clone(), changed.clone(), namespace.to_string());
+        let token = Arc::new(token);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -109,16 +141,36 @@ impl FakeApi {
                 };
                 let kill = Arc::new(Notify::new());
                 let (st, ch, ns, k) = (st.clone(), ch.clone(), ns.clone(), kill.clone());
+                let (tls, token) = (tls.clone(), token.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
-                        let resp = answer(&st, &ch, &ns, &k, &req);
+                        let resp = match token.as_deref() {
+                            Some(t) if !authorized(&req, t) => {
+                                status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized")
+                            }
+                            _ => answer(&st, &ch, &ns, &k, &req),
+                        };
                         async move { Ok::<_, Infallible>(resp) }
                     });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc);
-                    tokio::select! {
-                        _ = conn => {}
-                        _ = kill.notified() => {}
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let conn = http.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = kill.notified() => {}
+                            }
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else {
+                                return;
+                            };
+                            let conn = http.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! {
+                                _ = conn => {}
+                                _ = kill.notified() => {}
+                            }
+                        }
                     }
                 });
             }
@@ -134,6 +186,10 @@ impl FakeApi {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://{}", self.addr)
     }
 
     /// Creates or replaces a slice (from [`slice`]); returns its new resourceVersion.
@@ -237,6 +293,12 @@ impl FakeApi {
             Err(_) => panic!("stand-in API: {what} not seen; saw {:?}", self.seen()),
         }
     }
+}
+
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    req.headers()
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == format!("Bearer {token}").as_bytes())
 }
 
 fn gone_event(version: u64) -> Value {
