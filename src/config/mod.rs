@@ -17,6 +17,7 @@ mod validate_upstream;
 mod values;
 
 pub use validate::{parse, ConfigError, ConfigErrors};
+pub use validate_upstream::is_srv_name;
 pub use values::{check_target, parse_duration};
 
 use std::collections::BTreeMap;

@@ -428,3 +428,62 @@ fn tunnel_idle_timeout_defaults_to_an_hour_and_refuses_zero() {
         (6, "route[0].tunnel_idle_timeout")
     );
 }
+
+#[test]
+fn discovery_dns_and_its_keys_are_read_and_misuse_is_refused() {
+    let base = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n\
+                [[route]]\nupstream = \"app\"\n[upstream.app]\n";
+    let ok = format!(
+        "{base}targets = [\"app.internal:8080\", \"_http._tcp.app.internal\"]\n\
+         discovery = \"dns\"\ndns_interval = \"2s\"\ndns_nameserver = \"10.0.0.2:53\"\n"
+    );
+    let c = parse(&ok, "d.toml").unwrap();
+    assert_eq!(
+        c.upstreams["app"].discovery,
+        Discovery::Dns(DnsDiscovery {
+            interval: Duration::from_secs(2),
+            nameserver: Some("10.0.0.2:53".parse().unwrap()),
+        })
+    );
+    let default = format!("{base}targets = [\"app.internal:8080\"]\ndiscovery = \"dns\"\n");
+    let c = parse(&default, "d.toml").unwrap();
+    assert_eq!(
+        c.upstreams["app"].discovery,
+        Discovery::Dns(DnsDiscovery {
+            interval: defaults::DNS_INTERVAL,
+            nameserver: None,
+        })
+    );
+    let static_ = parse(&format!("{base}targets = [\"a:1\"]\n"), "d.toml").unwrap();
+    assert_eq!(static_.upstreams["app"].discovery, Discovery::Static);
+
+    let refused = |extra: &str| -> Vec<String> {
+        let src = format!("{base}{extra}");
+        parse(&src, "d.toml")
+            .unwrap_err()
+            .0
+            .into_iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect()
+    };
+    let e = refused("targets = [\"a:1\"]\ndiscovery = \"consul\"\n");
+    assert!(
+        e[0].contains("unknown discovery source \"consul\""),
+        "{e:?}"
+    );
+    let e = refused("targets = [\"a:1\"]\ndiscovery = { zookeeper = {} }\n");
+    assert!(
+        e[0].contains("unknown discovery source [\"zookeeper\"]"),
+        "{e:?}"
+    );
+    let e = refused("targets = [\"a:1\"]\ndns_interval = \"1s\"\n");
+    assert!(
+        e[0].contains("applies only with discovery = \"dns\""),
+        "{e:?}"
+    );
+    // An SRV name is a DNS discovery input, not a static target.
+    let e = refused("targets = [\"_http._tcp.app.internal\"]\n");
+    assert!(e[0].starts_with("upstream.app.targets"), "{e:?}");
+    let e = refused("targets = [\"a:1\"]\ndiscovery = \"dns\"\ndns_nameserver = \"ns1\"\n");
+    assert!(e[0].contains("expected IP:PORT of a nameserver"), "{e:?}");
+}

@@ -513,7 +513,7 @@ fn kubernetes_config(
 }
 
 /// `_service._proto.name`: an SRV name, whose records give hosts and ports (DNS discovery).
-pub(crate) fn is_srv_name(s: &str) -> bool {
+pub fn is_srv_name(s: &str) -> bool {
     let mut labels = s.split('.');
     let (Some(service), Some(proto)) = (labels.next(), labels.next()) else {
         return false;

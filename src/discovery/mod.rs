@@ -14,10 +14,13 @@
 //! ([`DiscoveryStatus`]) and counted (`gatewise_discovery_errors_total`). A pool is never emptied
 //! by discovery.
 //!
-//! Sources: [`dns`] (`discovery = "dns"`), [`kubernetes`] (`discovery = { kubernetes = {...} }`). The static `targets` list is no source at all.
+//! Sources: [`dns`] (`discovery = "dns"`), [`kubernetes`] (`discovery = { kubernetes = {...} }`).
+//! The static `targets` list is no source at all.
 
 pub mod dns;
+pub mod dns_wire;
 pub mod kubernetes;
+pub mod resolver;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -104,6 +107,9 @@ pub struct Update {
     pub report: Report,
 }
 
+/// Makes a source for an upstream (again after a reload that restarts it).
+pub type SourceFactory = std::sync::Arc<dyn Fn() -> Box<dyn Source> + Send + Sync>;
+
 struct Running {
     /// The file config it was started for.
     config: UpstreamConfig,
@@ -118,6 +124,8 @@ pub struct Sources {
     rx: Option<mpsc::Receiver<Update>>,
     running: BTreeMap<String, Running>,
     next_id: u64,
+    /// Sources given in code instead of the one the config names (tests, embedding).
+    overrides: BTreeMap<String, SourceFactory>,
 }
 
 impl Default for Sources {
@@ -128,6 +136,7 @@ impl Default for Sources {
             rx: Some(rx),
             running: BTreeMap::new(),
             next_id: 1,
+            overrides: BTreeMap::new(),
         }
     }
 }
@@ -136,6 +145,12 @@ impl Sources {
     /// The reports of every source, for the apply loop (once).
     pub fn take_reports(&mut self) -> Option<mpsc::Receiver<Update>> {
         self.rx.take()
+    }
+
+    /// Upstream `name`, when its config sets `discovery`, runs the sources `factory` makes
+    /// instead of the one the config names.
+    pub fn set_override(&mut self, name: &str, factory: SourceFactory) {
+        self.overrides.insert(name.to_string(), factory);
     }
 
     /// Starts a source for every upstream of `config` that has one and is not running with the
@@ -153,7 +168,11 @@ impl Sources {
             if self.running.contains_key(name) {
                 continue;
             }
-            let Some(source) = source_for(name, cfg) else {
+            let source = match self.overrides.get(name) {
+                Some(make) if cfg.discovery != Discovery::Static => Some(make()),
+                _ => source_for(name, cfg),
+            };
+            let Some(source) = source else {
                 continue;
             };
             let id = self.next_id;

@@ -148,6 +148,18 @@ impl Gateway {
         self
     }
 
+    /// Upstream `name` (whose config sets `discovery`) takes its targets from the sources
+    /// `factory` makes instead of the one the config names: for tests and for programs that
+    /// embed gatewise with a source of their own.
+    pub fn with_discovery_source(
+        mut self,
+        upstream: &str,
+        factory: crate::discovery::SourceFactory,
+    ) -> Gateway {
+        self.live.set_discovery_source(upstream, factory);
+        self
+    }
+
     /// Addresses the listeners are bound to, in config order.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.live.listen_addrs()

@@ -185,6 +185,15 @@ impl Live {
         self.config_path = Some(path);
     }
 
+    /// See [`crate::discovery::Sources::set_override`].
+    pub fn set_discovery_source(
+        &mut self,
+        upstream: &str,
+        factory: crate::discovery::SourceFactory,
+    ) {
+        self.sources.set_override(upstream, factory);
+    }
+
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().map(|(_, l)| l.bound).collect()
     }

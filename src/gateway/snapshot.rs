@@ -71,12 +71,14 @@ impl Snapshot {
         let mut discovered = discovered;
         for (name, cfg) in &config.upstreams {
             let old = previous.and_then(|p| p.upstreams.get(name));
-            let effective = effective_config(name, cfg, previous, &mut discovered);
-            let cfg = effective.as_ref().unwrap_or(cfg);
+            let cfg = match effective_config(name, cfg, previous, &mut discovered) {
+                Some(effective) => std::borrow::Cow::Owned(effective),
+                None => std::borrow::Cow::Borrowed(cfg),
+            };
             let upstream = match old {
                 Some(old) if old.config == *cfg => old.clone(),
-                Some(old) => Arc::new(old.rebuild(cfg.clone())?),
-                None => Arc::new(Upstream::try_new(name, cfg.clone())?),
+                Some(old) => Arc::new(old.rebuild(cfg.into_owned())?),
+                None => Arc::new(Upstream::try_new(name, cfg.into_owned())?),
             };
             upstreams.insert(name.clone(), upstream);
         }
@@ -95,7 +97,7 @@ impl Snapshot {
                 _ => {
                     let name: Arc<str> = Arc::from(rc.name.as_str());
                     Arc::new(Route {
-                        metrics: metrics.route(&name, upstream),
+                        metrics: metrics.route_after(&name, upstream, old.map(|o| &*o.metrics)),
                         name,
                         budget: RetryBudget::for_route(rc, tokio::time::Instant::now()),
                         config: rc.clone(),

@@ -232,7 +232,24 @@ impl Metrics {
     /// or by a reload). Series with the same labels share one counter, so a rebuilt route keeps
     /// counting where the old one stopped.
     pub fn route(&self, name: &Arc<str>, upstream: &Upstream) -> Arc<RouteMetrics> {
-        let up = Arc::new(UpstreamMetrics::new(upstream, self.families.clone()));
+        self.route_after(name, upstream, None)
+    }
+
+    /// [`Metrics::route`] for a route rebuilt because its upstream changed: the handles of
+    /// targets `previous` already had are shared (a discovery update of 1 target among 1 000
+    /// makes one target's handles, not 1 000).
+    pub fn route_after(
+        &self,
+        name: &Arc<str>,
+        upstream: &Upstream,
+        previous: Option<&RouteMetrics>,
+    ) -> Arc<RouteMetrics> {
+        let previous = previous.and_then(RouteMetrics::upstream_metrics);
+        let up = Arc::new(UpstreamMetrics::new(
+            upstream,
+            self.families.clone(),
+            previous,
+        ));
         Arc::new(RouteMetrics::new(
             name.clone(),
             Some(up),

@@ -161,21 +161,21 @@ impl Upstream {
         let policy = Policy::from_upstream(&config);
         let serving = previous.is_some_and(|(p, _)| p.has_routable_target());
         let mut kept_flags = Vec::with_capacity(config.targets.len());
+        // The previous targets by address: a discovered pool may have a thousand.
+        let by_addr: std::collections::HashMap<&str, &Arc<Target>> = previous
+            .map(|(p, _)| p.targets.iter().map(|t| (&*t.addr, t)).collect())
+            .unwrap_or_default();
         let targets = config
             .targets
             .iter()
             .map(|addr| {
-                let kept = previous
-                    .filter(|(_, keep)| *keep)
-                    .and_then(|(p, _)| p.targets.iter().find(|t| &*t.addr == addr.as_str()));
-                if let Some(t) = kept {
+                let same_address = by_addr.get(addr.as_str()).copied();
+                if let Some(t) = same_address.filter(|_| previous.is_some_and(|(_, keep)| keep)) {
                     kept_flags.push(true);
                     return t.clone();
                 }
                 // Same address, but how it is reached or judged changed: a new target (new
                 // pool), whose health starts where the old one's was, under the new thresholds.
-                let same_address = previous
-                    .and_then(|(p, _)| p.targets.iter().find(|t| &*t.addr == addr.as_str()));
                 kept_flags.push(same_address.is_some());
                 let health = match same_address {
                     Some(old) => old.health_now().with_policy(policy),
@@ -582,25 +582,43 @@ impl Drop for QueueSlot<'_> {
 
 /// Whether targets built for `a` can serve `b` unchanged: everything but the upstream-level
 /// policy (target list, balancing, queue, panic mode, health-check details other than the
-/// thresholds, body idle timeout) must be equal. Anything new in the config counts as
-/// target-level until listed here, so a reload errs towards fresh targets.
+/// thresholds, body idle timeout, outage hold) must be equal. Every field is named here, so a
+/// new one must be sorted into one side or the other to compile. No clone: with discovery this
+/// runs for every update of a pool that may have a thousand targets.
 fn same_target_settings(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
-    let neutral = |c: &UpstreamConfig| {
-        let mut c = c.clone();
-        c.targets.clear();
-        c.balance = crate::config::Balance::RoundRobin;
-        c.queue_size = 0;
-        c.queue_timeout = std::time::Duration::ZERO;
-        c.panic_threshold = None;
-        c.body_idle_timeout = std::time::Duration::ZERO;
-        c.outage_hold = std::time::Duration::ZERO;
-        c.outage_hold_queue = 0;
-        c.health = c.health.map(|h| crate::config::HealthConfig {
-            rise: h.rise,
-            fall: h.fall,
-            ..crate::config::HealthConfig::http("/")
-        });
-        c
-    };
-    neutral(a) == neutral(b)
+    let UpstreamConfig {
+        // Upstream-level: may change with the targets kept.
+        targets: _,
+        balance: _,
+        queue_size: _,
+        queue_timeout: _,
+        panic_threshold: _,
+        body_idle_timeout: _,
+        outage_hold: _,
+        outage_hold_queue: _,
+        // Target-level: how a target is reached and judged.
+        connect_timeout,
+        idle_timeout,
+        learn_idle_timeout,
+        max_idle_per_target,
+        max_connections,
+        max_response_header_bytes,
+        health,
+        passive,
+        slow_start,
+        tls,
+        discovery,
+    } = a;
+    let thresholds = |h: &Option<crate::config::HealthConfig>| h.as_ref().map(|h| (h.rise, h.fall));
+    *connect_timeout == b.connect_timeout
+        && *idle_timeout == b.idle_timeout
+        && *learn_idle_timeout == b.learn_idle_timeout
+        && *max_idle_per_target == b.max_idle_per_target
+        && *max_connections == b.max_connections
+        && *max_response_header_bytes == b.max_response_header_bytes
+        && thresholds(health) == thresholds(&b.health)
+        && *passive == b.passive
+        && *slow_start == b.slow_start
+        && *tls == b.tls
+        && *discovery == b.discovery
 }

@@ -7,6 +7,7 @@ mod balance;
 mod chaos;
 mod config;
 mod demo;
+mod discovery_dns;
 mod discovery_k8s;
 mod doctor;
 mod doctor_nginx;

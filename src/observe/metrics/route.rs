@@ -74,21 +74,33 @@ impl TargetAttempts {
 
 /// The handles of one upstream's targets (found by target id); shared by routes.
 pub struct UpstreamMetrics {
-    pub targets: Vec<TargetAttempts>,
+    pub targets: Vec<Arc<TargetAttempts>>,
 }
 
 impl UpstreamMetrics {
-    pub(super) fn new(upstream: &Upstream, families: Arc<Families>) -> UpstreamMetrics {
+    /// Handles for `upstream`'s targets; those of a target `previous` already had (same id: a
+    /// target kept by a reload or a discovery update) are shared, not made again.
+    pub(super) fn new(
+        upstream: &Upstream,
+        families: Arc<Families>,
+        previous: Option<&UpstreamMetrics>,
+    ) -> UpstreamMetrics {
+        let known: std::collections::HashMap<u64, &Arc<TargetAttempts>> = previous
+            .map(|p| p.targets.iter().map(|t| (t.id, t)).collect())
+            .unwrap_or_default();
         let targets = upstream
             .targets
             .iter()
-            .map(|t| TargetAttempts {
-                id: t.id,
-                upstream: upstream.name.clone(),
-                target: t.addr.clone(),
-                by_status: Lazy::new(SLOTS.len()),
-                by_cause: Lazy::new(Cause::ALL.len()),
-                families: families.clone(),
+            .map(|t| match known.get(&t.id) {
+                Some(kept) => Arc::clone(kept),
+                None => Arc::new(TargetAttempts {
+                    id: t.id,
+                    upstream: upstream.name.clone(),
+                    target: t.addr.clone(),
+                    by_status: Lazy::new(SLOTS.len()),
+                    by_cause: Lazy::new(Cause::ALL.len()),
+                    families: families.clone(),
+                }),
             })
             .collect();
         UpstreamMetrics { targets }
@@ -109,6 +121,11 @@ pub struct RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// The per-target handles of the route's upstream.
+    pub(super) fn upstream_metrics(&self) -> Option<&UpstreamMetrics> {
+        self.upstream.as_deref()
+    }
+
     pub(super) fn new(
         route: Arc<str>,
         upstream: Option<Arc<UpstreamMetrics>>,

@@ -1,6 +1,7 @@
 //! Test fixtures: mock upstreams with scripted behaviour, a gateway on port 0, a client, and
 //! the captured access log.
 
+pub mod dns;
 pub mod kube;
 pub mod node;
 pub mod tls;
