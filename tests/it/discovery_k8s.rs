@@ -650,3 +650,81 @@ async fn a_kubeconfig_reaches_the_api_over_tls_with_its_token_and_a_wrong_token_
     }
     task.abort();
 }
+
+/// A ConfigMap volume as the kubelet writes it: the data in a timestamped directory, `..data`
+/// a symlink to it, each key a symlink through `..data`; an update writes a new directory and
+/// renames a new `..data_tmp` symlink over `..data` (one atomic step), then removes the old one.
+struct ConfigMapVolume {
+    dir: crate::support::tls::TempDir,
+    generation: usize,
+}
+
+impl ConfigMapVolume {
+    fn new(contents: &str) -> ConfigMapVolume {
+        let mut v = ConfigMapVolume {
+            dir: crate::support::tls::TempDir::new(),
+            generation: 0,
+        };
+        v.update(contents);
+        std::os::unix::fs::symlink("..data/gatewise.toml", v.path()).unwrap();
+        v
+    }
+
+    fn update(&mut self, contents: &str) {
+        self.generation += 1;
+        let data = format!("..2026_12_02_16_00_00.{:09}", self.generation);
+        std::fs::create_dir(self.dir.0.join(&data)).unwrap();
+        std::fs::write(self.dir.0.join(&data).join("gatewise.toml"), contents).unwrap();
+        let tmp = self.dir.0.join("..data_tmp");
+        std::os::unix::fs::symlink(&data, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.0.join("..data")).unwrap();
+        if self.generation > 1 {
+            let old = format!("..2026_12_02_16_00_00.{:09}", self.generation - 1);
+            std::fs::remove_dir_all(self.dir.0.join(old)).unwrap();
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.0.join("gatewise.toml")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_update_the_kubelet_way_is_seen_and_reloaded() {
+    use crate::support::upstream;
+    let (a, b) = (upstream::ok("a").await, upstream::ok("b").await);
+    let config = |target: SocketAddr| {
+        format!(
+            "[admin]\nlisten = \"off\"\n[[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\nupstream = \"app\"\n[upstream.app]\ntargets = [\"{target}\"]\n"
+        )
+    };
+    let mut volume = ConfigMapVolume::new(&config(a.addr));
+    let loaded = gatewise::config::load(&volume.path()).expect("valid config");
+    let (log, _lines) = gatewise::observe::access_log::AccessLog::capture();
+    let gateway = gatewise::gateway::Gateway::bind(&loaded, log)
+        .await
+        .unwrap()
+        .with_config_path(volume.path());
+    let url = format!("http://{}/", gateway.listen_addrs()[0]);
+    let shared = gateway.shared();
+    let _task = tokio::spawn(gateway.serve());
+    let c = crate::support::client();
+    assert_eq!(&crate::support::get(&c, &url).await.1[..], b"a");
+
+    volume.update(&config(b.addr));
+    for _ in 0..500 {
+        if shared.snapshot.load().generation == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        shared.snapshot.load().generation,
+        2,
+        "the symlink swap was not reloaded"
+    );
+    assert_eq!(&crate::support::get(&c, &url).await.1[..], b"b");
+    let last = shared.reloads.last().unwrap();
+    assert!(last.ok && last.source == "file", "{last:?}");
+}
