@@ -170,7 +170,13 @@ impl Watcher<'_> {
                 "{path}&watch=1&allowWatchBookmarks=true&timeoutSeconds={WATCH_SECONDS}&resourceVersion={version}"
             );
             let mut lines = match server.watch(&url).await {
-                Ok(lines) => lines,
+                Ok(lines) => {
+                    if self.reported.is_none() {
+                        // Back after a failure: say the set is good again.
+                        self.report().await;
+                    }
+                    lines
+                }
                 Err(ApiError::Gone) if events == 0 => return Relist::AfterPause,
                 Err(ApiError::Gone) => return Relist::Now,
                 Err(ApiError::Failed(e)) => {
@@ -255,6 +261,7 @@ impl Watcher<'_> {
         let problem = self.set.problem();
         if problem != self.problem {
             self.problem = problem.clone();
+            self.reported = None;
             if let Some(p) = problem {
                 tracing::warn!(upstream = %self.upstream, problem = %p, "Kubernetes discovery: keeping the last targets");
                 let _ = self
@@ -283,6 +290,8 @@ impl Watcher<'_> {
     async fn failed(&mut self, why: String) {
         tracing::warn!(upstream = %self.upstream, %why, "Kubernetes discovery failed; keeping the last targets");
         let _ = self.tx.send(Report::Failed(why)).await;
+        // The next good answer is reported even if it is the same set: it ends the failure.
+        self.reported = None;
         self.pause().await;
     }
 

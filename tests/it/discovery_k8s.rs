@@ -205,6 +205,36 @@ async fn an_unreachable_api_is_a_failure_report_and_the_source_keeps_trying() {
 }
 
 #[tokio::test]
+async fn after_a_failure_the_same_set_is_reported_again_to_end_it() {
+    let api = FakeApi::start("default").await;
+    api.apply(slice("app-x1", "app", 8080, &[("10.0.0.1", Pod::Ready)]));
+    let (mut rx, task) = run_source(&api.url());
+    assert_eq!(
+        targets(next_report(&mut rx).await),
+        vec![ready("10.0.0.1:8080")]
+    );
+    api.wait_for("a watch", |s| s.open_watches == 1).await;
+
+    api.fail_requests(true);
+    api.drop_watches();
+    match next_report(&mut rx).await {
+        Report::Failed(why) => {
+            assert!(why.contains("503") && why.contains("etcd is down"), "{why}")
+        }
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    api.fail_requests(false);
+    // Nothing changed, but the failure is over: the set is said again (the seam clears
+    // `failing` on it and changes no target).
+    assert_eq!(
+        targets(next_report(&mut rx).await),
+        vec![ready("10.0.0.1:8080")]
+    );
+    assert_eq!(api.seen().lists, 1, "resumed by a watch, not a re-list");
+    task.abort();
+}
+
+#[tokio::test]
 async fn a_port_name_the_service_lacks_is_a_failure_not_an_empty_set() {
     let api = FakeApi::start("default").await;
     api.apply(slice("app-x1", "app", 8080, &[("10.0.0.1", Pod::Ready)]));

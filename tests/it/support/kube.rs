@@ -51,6 +51,8 @@ struct State {
     /// Versions below this are compacted: a watch from them gets 410.
     oldest: u64,
     gone_next_watch: bool,
+    /// Every request is answered 503 (an API server in trouble).
+    failing: bool,
     watchers: Vec<Watcher>,
     seen: Seen,
 }
@@ -248,6 +250,11 @@ impl FakeApi {
         self.changed.notify_waiters();
     }
 
+    /// While `on`, every request is answered `503 Service Unavailable`.
+    pub fn fail_requests(&self, on: bool) {
+        self.state.lock().unwrap().failing = on;
+    }
+
     /// The next watch request is answered `410 Gone` as an HTTP status.
     pub fn gone_on_next_watch(&self) {
         self.state.lock().unwrap().gone_next_watch = true;
@@ -350,6 +357,13 @@ fn answer(
     };
     let ours = |slice: &Value| slice["metadata"]["labels"]["kubernetes.io/service-name"] == service;
     let mut s = state.lock().unwrap();
+    if s.failing {
+        return status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "etcd is down",
+        );
+    }
     let resp = if query.get("watch").map(String::as_str) != Some("1") {
         s.seen.lists += 1;
         let items: Vec<Value> = s.slices.values().filter(|v| ours(v)).cloned().collect();
