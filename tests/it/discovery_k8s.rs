@@ -157,6 +157,28 @@ async fn a_dropped_watch_reconnects_from_the_last_version_without_a_relist() {
         targets(next_report(&mut rx).await),
         vec![ready("10.0.0.1:8080"), ready("10.0.0.2:8080")]
     );
+    // Events cut into pieces across chunks are put back together.
+    api.split_chunks();
+    api.apply(slice(
+        "app-x1",
+        "app",
+        8080,
+        &[("10.0.0.1", Pod::Terminating), ("10.0.0.2", Pod::Ready)],
+    ));
+    assert_eq!(
+        targets(next_report(&mut rx).await),
+        vec![draining("10.0.0.1:8080"), ready("10.0.0.2:8080")]
+    );
+    api.apply(slice(
+        "app-x1",
+        "app",
+        8080,
+        &[("10.0.0.1", Pod::Ready), ("10.0.0.2", Pod::Ready)],
+    ));
+    assert_eq!(
+        targets(next_report(&mut rx).await),
+        vec![ready("10.0.0.1:8080"), ready("10.0.0.2:8080")]
+    );
     // A bookmark moves the version on without a change; the server then ends the watch (its
     // timeout) and the source watches again from the bookmark's version at once.
     let bookmark = api.bookmark().to_string();

@@ -53,6 +53,8 @@ struct State {
     gone_next_watch: bool,
     /// Every request is answered 503 (an API server in trouble).
     failing: bool,
+    /// Watch events go out in 7-byte pieces, so lines straddle chunks.
+    split: bool,
     watchers: Vec<Watcher>,
     seen: Seen,
 }
@@ -61,8 +63,13 @@ impl State {
     fn emit(&mut self, event: Value) {
         self.history.push((self.version, event.clone()));
         let line = line(&event);
+        let pieces: Vec<Bytes> = if self.split {
+            line.chunks(7).map(Bytes::copy_from_slice).collect()
+        } else {
+            vec![line]
+        };
         self.watchers
-            .retain(|w| w.events.send(line.clone()).is_ok());
+            .retain(|w| pieces.iter().all(|p| w.events.send(p.clone()).is_ok()));
         self.seen.open_watches = self.watchers.len();
     }
 }
@@ -248,6 +255,11 @@ impl FakeApi {
         }
         s.seen.open_watches = 0;
         self.changed.notify_waiters();
+    }
+
+    /// From now on, watch events are sent in 7-byte chunks (a line straddles many).
+    pub fn split_chunks(&self) {
+        self.state.lock().unwrap().split = true;
     }
 
     /// While `on`, every request is answered `503 Service Unavailable`.
