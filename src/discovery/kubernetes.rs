@@ -263,7 +263,7 @@ impl Watcher<'_> {
             self.problem = problem.clone();
             self.reported = None;
             if let Some(p) = problem {
-                tracing::warn!(upstream = %self.upstream, problem = %p, "Kubernetes discovery: keeping the last targets");
+                tracing::debug!(upstream = %self.upstream, problem = %p, "Kubernetes discovery: unusable slices");
                 let _ = self
                     .tx
                     .send(Report::Failed(format!("Kubernetes: {p}")))
@@ -282,13 +282,14 @@ impl Watcher<'_> {
         if self.reported.as_ref() == Some(&targets) {
             return;
         }
-        tracing::info!(upstream = %self.upstream, targets = targets.len(), "EndpointSlices changed");
+        tracing::debug!(upstream = %self.upstream, targets = targets.len(), "EndpointSlices changed");
         self.reported = Some(targets.clone());
         let _ = self.tx.send(Report::Targets(targets)).await;
     }
 
     async fn failed(&mut self, why: String) {
-        tracing::warn!(upstream = %self.upstream, %why, "Kubernetes discovery failed; keeping the last targets");
+        // The seam logs it (warn), shows it in /status and counts it.
+        tracing::debug!(upstream = %self.upstream, %why, "Kubernetes discovery failed");
         let _ = self.tx.send(Report::Failed(why)).await;
         // The next good answer is reported even if it is the same set: it ends the failure.
         self.reported = None;
