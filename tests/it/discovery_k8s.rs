@@ -257,6 +257,28 @@ async fn after_a_failure_the_same_set_is_reported_again_to_end_it() {
 }
 
 #[tokio::test]
+async fn a_watch_gone_before_any_event_is_listed_again_only_after_the_backoff() {
+    let api = FakeApi::start("default").await;
+    api.apply(slice("app-x1", "app", 8080, &[("10.0.0.1", Pod::Ready)]));
+    api.gone_always();
+    let start = std::time::Instant::now();
+    let (mut rx, task) = run_source(&api.url());
+    assert_eq!(
+        targets(next_report(&mut rx).await),
+        vec![ready("10.0.0.1:8080")]
+    );
+    api.wait_for("three lists", |s| s.lists >= 3).await;
+    // 0.2 s then 0.4 s of backoff (plus jitter) between them, not a tight loop.
+    assert!(
+        start.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(rx.try_recv().is_err(), "the same set was reported again");
+    task.abort();
+}
+
+#[tokio::test]
 async fn a_port_name_the_service_lacks_is_a_failure_not_an_empty_set() {
     let api = FakeApi::start("default").await;
     api.apply(slice("app-x1", "app", 8080, &[("10.0.0.1", Pod::Ready)]));

@@ -51,6 +51,8 @@ struct State {
     /// Versions below this are compacted: a watch from them gets 410.
     oldest: u64,
     gone_next_watch: bool,
+    /// Every watch is answered 410, whatever its version.
+    gone_always: bool,
     /// Every request is answered 503 (an API server in trouble).
     failing: bool,
     /// Watch events go out in 7-byte pieces, so lines straddle chunks.
@@ -267,6 +269,11 @@ impl FakeApi {
         self.state.lock().unwrap().failing = on;
     }
 
+    /// Every watch request is answered `410 Gone` (versions compacted faster than listed).
+    pub fn gone_always(&self) {
+        self.state.lock().unwrap().gone_always = true;
+    }
+
     /// The next watch request is answered `410 Gone` as an HTTP status.
     pub fn gone_on_next_watch(&self) {
         self.state.lock().unwrap().gone_next_watch = true;
@@ -392,7 +399,7 @@ fn answer(
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         s.seen.watches.push(from.to_string());
-        if std::mem::take(&mut s.gone_next_watch) {
+        if std::mem::take(&mut s.gone_next_watch) || s.gone_always {
             changed.notify_waiters();
             return status(StatusCode::GONE, "Expired", "too old resource version");
         }
