@@ -802,3 +802,102 @@ async fn a_configmap_update_the_kubelet_way_is_seen_and_reloaded() {
     let last = shared.reloads.last().unwrap();
     assert!(last.ok && last.source == "file", "{last:?}");
 }
+
+#[tokio::test]
+async fn a_request_in_flight_on_a_pod_that_terminates_and_leaves_the_slice_still_finishes() {
+    use crate::support::upstream;
+    // The old pod answers /slow only when the test lets it.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let r = release.clone();
+    let old = upstream::raw(move |tcp, stats| {
+        let r = r.clone();
+        async move {
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (r, stats) = (r.clone(), stats.clone());
+                    async move {
+                        stats.requests.fetch_add(1, Ordering::SeqCst);
+                        stats.changed.notify_waiters();
+                        if req.uri().path() == "/slow" {
+                            r.notified().await;
+                        }
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from("old"),
+                        )))
+                    }
+                });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, svc)
+                .await;
+        }
+    })
+    .await;
+    let new = upstream::ok("new").await;
+    let api = FakeApi::start("default").await;
+    let ip = "127.0.0.1";
+    api.apply(slice(
+        "app-old",
+        "app",
+        old.addr.port(),
+        &[(ip, Pod::Ready)],
+    ));
+
+    let mut config = crate::support::config(&[]);
+    config.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    crate::support::upstream_of(&mut config).discovery =
+        Discovery::Kubernetes(settings(&api.url()));
+    let gw = crate::support::start(config).await;
+    let admin = gw.admin.unwrap();
+    let client = crate::support::client();
+    wait_targets(&client, admin, &[(old.addr.to_string(), "healthy")]).await;
+
+    let slow = tokio::spawn(get_owned(client.clone(), gw.url("/slow")));
+    old.stats.wait_for(|s| s.requests() == 1).await;
+
+    // The rollout: the new pod is ready, the old one terminating, then gone from the slices.
+    api.apply(slice(
+        "app-new",
+        "app",
+        new.addr.port(),
+        &[(ip, Pod::Ready)],
+    ));
+    api.apply(slice(
+        "app-old",
+        "app",
+        old.addr.port(),
+        &[(ip, Pod::Terminating)],
+    ));
+    wait_targets(
+        &client,
+        admin,
+        &[
+            (old.addr.to_string(), "draining"),
+            (new.addr.to_string(), "healthy"),
+        ],
+    )
+    .await;
+    let (parts, body) = crate::support::get(&client, &gw.url("/")).await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"new"[..]));
+    api.delete("app-old");
+    wait_targets(&client, admin, &[(new.addr.to_string(), "healthy")]).await;
+
+    // The request the old pod had all along completes.
+    release.notify_one();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, &body[..]), (200, &b"old"[..]));
+    assert_eq!(
+        old.stats.requests(),
+        1,
+        "the old pod got nothing after the one in flight"
+    );
+}
+
+/// A GET that owns its client, for a spawned task: status and body.
+async fn get_owned(client: crate::support::TestClient, url: String) -> (u16, Bytes) {
+    let (parts, body) = crate::support::get(&client, &url).await;
+    (parts.status.as_u16(), body)
+}
