@@ -901,3 +901,56 @@ async fn get_owned(client: crate::support::TestClient, url: String) -> (u16, Byt
     let (parts, body) = crate::support::get(&client, &url).await;
     (parts.status.as_u16(), body)
 }
+
+#[tokio::test]
+async fn a_kubeconfig_client_certificate_is_presented_inline_as_kind_writes_it() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let ca = crate::support::tls::TestCa::new("kube-ca");
+    let api = FakeApi::start_mtls("default", &ca.issue(&["127.0.0.1"]), &ca.cert_pem).await;
+    api.apply(slice("app-x1", "app", 8080, &[("10.0.0.1", Pod::Ready)]));
+    let dir = crate::support::tls::TempDir::new();
+    let run = |user: &crate::support::tls::Pem| {
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: kind-test\n\
+             clusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {}\n  name: kind-test\n\
+             contexts:\n- context:\n    cluster: kind-test\n    user: kind-test\n  name: kind-test\n\
+             users:\n- name: kind-test\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+            b64(&ca.cert_pem),
+            api.https_url(),
+            b64(&user.cert),
+            b64(&user.key),
+        );
+        let path = dir.write("config", &kubeconfig);
+        let settings = KubernetesSettings {
+            namespace: None, // no namespace in the context: default
+            kubeconfig: Some(path),
+            api_server: None,
+            ..settings("")
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let source = Box::new(Kubernetes {
+            settings,
+            upstream: "app".into(),
+        });
+        (rx, tokio::spawn(source.run(tx)))
+    };
+    let (mut rx, task) = run(&ca.issue(&["gatewise"]));
+    assert_eq!(
+        targets(next_report(&mut rx).await),
+        vec![ready("10.0.0.1:8080")]
+    );
+    task.abort();
+
+    // A certificate from another CA: the server refuses the handshake, and the failure says so.
+    let stranger = crate::support::tls::TestCa::new("other").issue(&["gatewise"]);
+    let (mut rx, task) = run(&stranger);
+    match next_report(&mut rx).await {
+        Report::Failed(why) => assert!(
+            why.contains("client certificate") || why.contains("certificate"),
+            "{why}"
+        ),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+    task.abort();
+}

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 
 use super::slices::{SliceList, Status};
 use crate::upstream::connect::{Connector, Endpoint};
-use crate::upstream::tls::TlsClient;
+use crate::upstream::tls::{self, TlsClient};
 
 /// A list larger than this is refused rather than buffered.
 const MAX_LIST_BYTES: usize = 64 << 20;
@@ -82,10 +82,14 @@ impl ApiServer {
         let req = req
             .body(Empty::<Bytes>::new())
             .map_err(|e| failed(format!("request: {e}")))?;
-        let resp = send
-            .send_request(req)
-            .await
-            .map_err(|e| failed(format!("GET {path_and_query}: {e}")))?;
+        let resp = send.send_request(req).await.map_err(|e| {
+            // With TLS 1.3 a refused client certificate is known only now: name it.
+            let why = match tls::rustls_error_in(&e) {
+                Some(t) => tls::tls_error_words(t, &self.addr).1,
+                None => e.to_string(),
+            };
+            failed(format!("GET {path_and_query}: {why}"))
+        })?;
         let status = resp.status();
         if status == StatusCode::OK {
             return Ok(Response {

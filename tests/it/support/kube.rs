@@ -111,23 +111,15 @@ impl FakeApi {
     /// Serves over TLS with the certificate `server`, and only to `Authorization: Bearer
     /// <token>` (401 otherwise), as a real API server does.
     pub async fn start_tls(namespace: &str, server: &super::tls::Pem, token: &str) -> FakeApi {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(server.cert.as_bytes())
-                .map(Result::unwrap)
-                .collect();
-        let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = acceptor(server, None);
         FakeApi::start_with(namespace, Some(acceptor), Some(token.to_string())).await
+    }
+
+    /// Serves over TLS only to clients with a certificate signed by `client_ca` (the
+    /// handshake fails otherwise), as with a kubeconfig's client-certificate user.
+    pub async fn start_mtls(namespace: &str, server: &super::tls::Pem, client_ca: &str) -> FakeApi {
+        let acceptor = acceptor(server, Some(client_ca));
+        FakeApi::start_with(namespace, Some(acceptor), None).await
     }
 
     async fn start_with(
@@ -319,6 +311,39 @@ impl FakeApi {
             Err(_) => panic!("stand-in API: {what} not seen; saw {:?}", self.seen()),
         }
     }
+}
+
+fn acceptor(server: &super::tls::Pem, client_ca: Option<&str>) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |pem: &str| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(Result::unwrap)
+            .collect()
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca) {
+                roots.add(c).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
+    let config = builder.with_single_cert(certs(&server.cert), key).unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
