@@ -39,7 +39,8 @@ pub fn expectations(config: &Config) -> Vec<(String, Expect)> {
             }) => Some((path.clone(), *expected_status)),
             _ => None,
         };
-        for t in &up.targets {
+        // An SRV name (DNS discovery) has no port to probe: its targets exist only once resolved.
+        for t in up.targets.iter().filter(|t| !crate::config::is_srv_name(t)) {
             out.push((
                 t.clone(),
                 Expect {

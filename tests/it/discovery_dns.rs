@@ -406,3 +406,94 @@ async fn a_silent_nameserver_times_out_and_the_last_addresses_serve() {
     assert_eq!(get(&c, &url).await.0.status, 200);
     assert_eq!(targets(&gw.shared), [m[0].addr.to_string()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_big_for_udp_is_asked_again_over_tcp() {
+    let dns = Dns::start().await;
+    // 300 addresses: about 4.8 KB of answers, past the 1232 bytes a datagram may carry.
+    let ips: Vec<IpAddr> = (0..300u32)
+        .map(|i| IpAddr::from([10, 1, (i / 250) as u8, (i % 250) as u8 + 1]))
+        .collect();
+    dns.set("big.test", Answer::Addrs(ips.clone()), 30);
+    let gw = start(&dns_upstream(&dns, "\"big.test:8080\""), None).await;
+    let d = loop {
+        next_round(&dns, "big.test").await;
+        let d = status(&gw).await["upstreams"]["app"]["discovery"].clone();
+        if d["ready"] != 0 {
+            break d;
+        }
+    };
+    assert_eq!(d["ready"], 300, "{d}");
+    let mut expected: Vec<String> = ips.iter().map(|ip| format!("{ip}:8080")).collect();
+    expected.sort();
+    assert_eq!(targets(&gw.shared), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_reload_keeps_the_discovered_targets_and_their_pools() {
+    let dns = Dns::start().await;
+    let m = same_port_mocks(2).await;
+    let port = m[0].addr.port();
+    dns.set("app.test", Answer::Addrs(vec![ip(&m[0]), ip(&m[1])]), 30);
+    let src = |retries: u32| {
+        format!(
+            "watch_config = false\n[admin]\nlisten = \"off\"\n\
+             [[listener]]\nname = \"public\"\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\nname = \"main\"\nupstream = \"app\"\nretries = {retries}\n\
+             [upstream.app]\nbalance = \"round_robin\"\n{}",
+            dns_upstream(&dns, &format!("\"app.test:{port}\""))
+        )
+    };
+    let dir = std::env::temp_dir().join(format!("gatewise-disc-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gatewise.toml");
+    std::fs::write(&path, src(2)).unwrap();
+    let config = gatewise::config::load(&path).expect("valid config");
+    let (log, _lines) = AccessLog::capture();
+    let gateway = Gateway::bind(&config, log)
+        .await
+        .unwrap()
+        .with_config_path(path.clone());
+    let addr = gateway.listen_addrs()[0];
+    let shared = gateway.shared();
+    let _task = tokio::spawn(gateway.serve());
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn(traffic::run(
+        client(),
+        format!("http://{addr}/"),
+        Method::GET,
+        1,
+        Duration::from_millis(2),
+        1_000_000,
+        stop.clone(),
+    ));
+    m[0].stats.wait_for(|s| s.requests() >= 20).await;
+    m[1].stats.wait_for(|s| s.requests() >= 20).await;
+    let before = shared.snapshot.load().upstreams["app"].clone();
+
+    // A change elsewhere in the file: the discovered upstream (targets, pools) is kept as is.
+    std::fs::write(&path, src(3)).unwrap();
+    let outcome = shared.reload("test").await;
+    assert!(outcome.ok, "{outcome:?}");
+    let after = shared.snapshot.load().upstreams["app"].clone();
+    assert!(
+        Arc::ptr_eq(&before, &after),
+        "the discovered upstream was kept"
+    );
+    assert_eq!(
+        targets(&shared),
+        [m[0].addr.to_string(), m[1].addr.to_string()]
+    );
+    let served = m[0].stats.requests();
+    m[0].stats.wait_for(|s| s.requests() >= served + 20).await;
+    stop.store(true, Ordering::SeqCst);
+    let outcomes = task.await.unwrap();
+    assert!(
+        traffic::errors(&outcomes).is_empty(),
+        "{:?}",
+        traffic::errors(&outcomes)
+    );
+    // One keep-alive client: one connection per target, kept through the reload.
+    assert_eq!((m[0].stats.accepts(), m[1].stats.accepts()), (1, 1));
+    let _ = std::fs::remove_dir_all(&dir);
+}

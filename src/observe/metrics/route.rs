@@ -75,6 +75,21 @@ impl TargetAttempts {
 /// The handles of one upstream's targets (found by target id); shared by routes.
 pub struct UpstreamMetrics {
     pub targets: Vec<Arc<TargetAttempts>>,
+    /// Positions by target id, for pools past [`SCAN_LIMIT`] targets (discovery makes pools of
+    /// hundreds); smaller pools are scanned.
+    index: Option<std::collections::HashMap<u64, usize>>,
+}
+
+/// Up to this many targets a scan over ids costs about what a hash lookup does.
+const SCAN_LIMIT: usize = 16;
+
+impl UpstreamMetrics {
+    fn find(&self, id: u64) -> Option<&TargetAttempts> {
+        match &self.index {
+            Some(index) => index.get(&id).map(|i| &*self.targets[*i]),
+            None => self.targets.iter().find(|t| t.id == id).map(|t| &**t),
+        }
+    }
 }
 
 impl UpstreamMetrics {
@@ -102,8 +117,10 @@ impl UpstreamMetrics {
                     families: families.clone(),
                 }),
             })
-            .collect();
-        UpstreamMetrics { targets }
+            .collect::<Vec<Arc<TargetAttempts>>>();
+        let index = (targets.len() > SCAN_LIMIT)
+            .then(|| targets.iter().enumerate().map(|(i, t)| (t.id, i)).collect());
+        UpstreamMetrics { targets, index }
     }
 }
 
@@ -185,9 +202,7 @@ impl RouteMetrics {
         status: Option<StatusCode>,
         cause: Option<Cause>,
     ) {
-        let targets = self.upstream.as_ref().map_or(&[][..], |u| &u.targets[..]);
-        // Pools are small: a scan over ids costs about what an index did.
-        if let Some(t) = targets.iter().find(|t| t.id == target.id) {
+        if let Some(t) = self.upstream.as_ref().and_then(|u| u.find(target.id)) {
             t.record(status, cause);
         }
     }

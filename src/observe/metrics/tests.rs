@@ -135,3 +135,28 @@ fn reload_counters_belong_to_their_own_gateway() {
         .encode()
         .contains("gatewise_config_reloads_total{result=\"failed\"} 0"));
 }
+
+/// A large (discovered) pool: attempts are found by id through the index, and a route rebuilt
+/// for a changed pool shares the handles of the targets kept.
+#[test]
+fn attempts_in_a_large_pool_count_on_their_target_and_survive_a_rebuild() {
+    let targets = (1..=40).map(|p| format!("127.0.0.1:{p}")).collect();
+    let up = Arc::new(Upstream::new(
+        "big",
+        crate::config::UpstreamConfig::new(targets),
+    ));
+    let metrics = Metrics::new([&up]);
+    let route = metrics.route(&Arc::from("r"), &up);
+    route.attempt(&up.targets[37], Some(StatusCode::OK), None);
+    let mut cfg = up.config.clone();
+    cfg.targets.remove(0);
+    let next = Arc::new(up.rebuild(cfg).unwrap());
+    let rebuilt = metrics.route_after(&Arc::from("r"), &next, Some(&route));
+    // targets[37] is now at 36: the same target, the same handles.
+    assert!(Arc::ptr_eq(&up.targets[37], &next.targets[36]));
+    rebuilt.attempt(&next.targets[36], Some(StatusCode::OK), None);
+    let text = metrics.encode();
+    let line =
+        r#"gatewise_upstream_attempts_total{upstream="big",target="127.0.0.1:38",outcome="200"} 2"#;
+    assert!(text.contains(line), "{text}");
+}

@@ -47,19 +47,50 @@ impl Drop for Dns {
 }
 
 impl Dns {
+    /// Answers over UDP (truncated, TC set, past 1232 bytes: the EDNS size gatewise announces)
+    /// and over TCP on the same port.
     pub async fn start() -> Dns {
-        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        // The same port for both, as a nameserver has.
+        let (socket, tcp) = loop {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(socket.local_addr().unwrap()).await {
+                break (socket, tcp);
+            }
+        };
         let addr = socket.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let asked = Arc::new(Notify::new());
         let (st, notify) = (state.clone(), asked.clone());
         let task = tokio::spawn(async move {
+            let (st2, notify2) = (st.clone(), notify.clone());
+            let _tcp = AbortOnDrop(tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                loop {
+                    let Ok((mut stream, _)) = tcp.accept().await else {
+                        continue;
+                    };
+                    let Ok(len) = stream.read_u16().await else {
+                        continue;
+                    };
+                    let mut q = vec![0u8; len as usize];
+                    if stream.read_exact(&mut q).await.is_err() {
+                        continue;
+                    }
+                    let reply = answer(&q, &st2, usize::MAX);
+                    notify2.notify_waiters();
+                    if let Some(reply) = reply {
+                        let mut framed = (reply.len() as u16).to_be_bytes().to_vec();
+                        framed.extend_from_slice(&reply);
+                        let _ = stream.write_all(&framed).await;
+                    }
+                }
+            }));
             let mut buf = [0u8; 1500];
             loop {
                 let Ok((n, from)) = socket.recv_from(&mut buf).await else {
                     continue;
                 };
-                let reply = answer(&buf[..n], &st);
+                let reply = answer(&buf[..n], &st, 1232);
                 notify.notify_waiters();
                 if let Some(reply) = reply {
                     let _ = socket.send_to(&reply, from).await;
@@ -107,8 +138,17 @@ impl Dns {
     }
 }
 
-/// The reply to one query, or `None` to stay silent.
-fn answer(q: &[u8], state: &Mutex<State>) -> Option<Vec<u8>> {
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The reply to one query, or `None` to stay silent; longer than `max`, only the header (TC
+/// set) and the question.
+fn answer(q: &[u8], state: &Mutex<State>, max: usize) -> Option<Vec<u8>> {
     if q.len() < 12 || q[2] & 0x80 != 0 {
         return None;
     }
@@ -169,6 +209,7 @@ fn answer(q: &[u8], state: &Mutex<State>) -> Option<Vec<u8>> {
     m.extend_from_slice(&(records.len() as u16).to_be_bytes());
     m.extend_from_slice(&[0, 0, 0, 0]);
     m.extend_from_slice(q.get(12..qend)?);
+    let truncated_at = m.len();
     for (rtype, data) in records {
         m.extend_from_slice(&[0xC0, 12]); // owner: the question's name
         m.extend_from_slice(&rtype.to_be_bytes());
@@ -176,6 +217,12 @@ fn answer(q: &[u8], state: &Mutex<State>) -> Option<Vec<u8>> {
         m.extend_from_slice(&ttl.to_be_bytes());
         m.extend_from_slice(&(data.len() as u16).to_be_bytes());
         m.extend_from_slice(&data);
+    }
+    if m.len() > max {
+        m.truncate(truncated_at);
+        m[2] |= 0x02; // TC
+        m[6] = 0;
+        m[7] = 0;
     }
     Some(m)
 }
