@@ -321,6 +321,9 @@ pub enum Discovery {
     /// `discovery = "dns"`: every `targets` entry is resolved on an interval, each address a
     /// target of its own.
     Dns(DnsDiscovery),
+    /// `discovery = { kubernetes = { service = "app", ... } }`: the endpoints of a Service, read
+    /// from its EndpointSlices (`targets` is not given).
+    Kubernetes(KubernetesDiscovery),
 }
 
 impl Discovery {
@@ -329,8 +332,24 @@ impl Discovery {
         match self {
             Discovery::Static => "static",
             Discovery::Dns(_) => "dns",
+            Discovery::Kubernetes(_) => "kubernetes",
         }
     }
+}
+
+/// `discovery = { kubernetes = { ... } }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesDiscovery {
+    pub service: String,
+    /// `None`: the namespace of the credentials (the pod's own, or the kubeconfig context's),
+    /// else `default`.
+    pub namespace: Option<String>,
+    /// A port name of the Service (`"http"`), `""` for its one unnamed port, or a number.
+    pub port: String,
+    /// Read this kubeconfig file instead of the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Talk to this URL without credentials (a test stand-in, or `kubectl proxy`).
+    pub api_server: Option<String>,
 }
 
 /// `discovery = "dns"` and its `dns_*` keys.

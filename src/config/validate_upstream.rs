@@ -76,6 +76,18 @@ pub(super) fn upstream_config(
     let discovery = discovery_config(cx, discovery, dns_interval, dns_nameserver, &field);
     let srv_allowed = matches!(discovery, Discovery::Dns(_));
     let targets = match targets {
+        // The Service's endpoints are the targets; a list beside it would be ignored.
+        t if matches!(discovery, Discovery::Kubernetes(_)) => {
+            if let Some(t) = t {
+                cx.err(
+                    t.span(),
+                    &f("targets"),
+                    "leave targets out with discovery = { kubernetes = ... }: the targets are \
+                     the Service's endpoints",
+                );
+            }
+            Vec::new()
+        }
         None => {
             cx.missing(
                 span.clone(),
@@ -359,7 +371,8 @@ fn discovery_config(
     field: &str,
 ) -> Discovery {
     let f = |key: &str| format!("{field}.{key}");
-    let known = "expected \"dns\" (leave `discovery` out for the static `targets` list)";
+    let known = "expected \"dns\" or { kubernetes = { service = \"...\", port = \"...\" } } \
+                 (leave `discovery` out for the static `targets` list)";
     let source = match discovery {
         None => Discovery::Static,
         Some(d) => {
@@ -396,6 +409,9 @@ fn discovery_config(
                     );
                     Discovery::Static
                 }
+                toml::Value::Table(t) if t.len() == 1 && t.contains_key("kubernetes") => {
+                    kubernetes_config(cx, t, span, &f("discovery.kubernetes"))
+                }
                 toml::Value::Table(t) => {
                     let keys: Vec<&String> = t.keys().collect();
                     cx.err(
@@ -431,6 +447,69 @@ fn discovery_config(
         }
     }
     source
+}
+
+/// `discovery = { kubernetes = { service, namespace, port, kubeconfig, api_server } }`.
+fn kubernetes_config(
+    cx: &mut Cx<'_>,
+    mut table: toml::Table,
+    span: std::ops::Range<usize>,
+    field: &str,
+) -> Discovery {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw {
+        service: String,
+        namespace: Option<String>,
+        port: toml::Value,
+        kubeconfig: Option<String>,
+        api_server: Option<String>,
+    }
+    let value = table
+        .remove("kubernetes")
+        .unwrap_or(toml::Value::Boolean(false));
+    let raw: Raw = match value.try_into() {
+        Ok(raw) => raw,
+        Err(e) => {
+            let why = e.message().trim().to_string();
+            cx.err(
+                span,
+                field,
+                format!("{why}: expected {{ service = \"app\", port = \"http\" }} with optional namespace, kubeconfig, api_server"),
+            );
+            return Discovery::Static;
+        }
+    };
+    let Raw {
+        service,
+        namespace,
+        port,
+        kubeconfig,
+        api_server,
+    } = raw;
+    let port = match port {
+        toml::Value::String(s) => s,
+        toml::Value::Integer(n) if (1..=65535).contains(&n) => n.to_string(),
+        other => {
+            cx.err(
+                span.clone(),
+                &format!("{field}.port"),
+                format!("expected a port name of the Service (\"http\") or a number 1-65535, got {other}"),
+            );
+            String::new()
+        }
+    };
+    let settings = super::KubernetesDiscovery {
+        service,
+        namespace,
+        port,
+        kubeconfig: kubeconfig.map(|p| cx.path(&p)),
+        api_server,
+    };
+    for (key, problem) in crate::discovery::kubernetes::problems(&settings) {
+        cx.err(span.clone(), &format!("{field}.{key}"), problem);
+    }
+    Discovery::Kubernetes(settings)
 }
 
 /// `_service._proto.name`: an SRV name, whose records give hosts and ports (DNS discovery).

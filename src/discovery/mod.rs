@@ -14,10 +14,12 @@
 //! ([`DiscoveryStatus`]) and counted (`gatewise_discovery_errors_total`). A pool is never emptied
 //! by discovery.
 //!
-//! Sources: [`dns`] (`discovery = "dns"`). The static `targets` list is no source at all.
+//! Sources: [`dns`] (`discovery = "dns"`), [`kubernetes`] (`discovery = { kubernetes = {...} }`).
+//! The static `targets` list is no source at all.
 
 pub mod dns;
 pub mod dns_wire;
+pub mod kubernetes;
 pub mod resolver;
 
 use std::collections::BTreeMap;
@@ -71,6 +73,10 @@ pub fn source_for(upstream: &str, config: &UpstreamConfig) -> Option<Box<dyn Sou
             config.targets.clone(),
             dns.clone(),
         ))),
+        Discovery::Kubernetes(k8s) => Some(Box::new(kubernetes::Kubernetes {
+            settings: k8s.clone(),
+            upstream: upstream.to_string(),
+        })),
     }
 }
 

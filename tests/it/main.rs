@@ -9,6 +9,7 @@ mod chaos;
 mod config;
 mod demo;
 mod discovery_dns;
+mod discovery_k8s;
 mod doctor;
 mod doctor_nginx;
 mod drain;

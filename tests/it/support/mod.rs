@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod dns;
+pub mod kube;
 pub mod node;
 pub mod pebble;
 pub mod tls;
