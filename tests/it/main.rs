@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod balance;
 mod chaos;
+mod client_h1;
 mod config;
 mod demo;
 mod doctor;
