@@ -4,7 +4,8 @@
 //! next request, with no hyper state (hyper's connection keeps an 8 KiB read buffer, a write
 //! buffer and its dispatcher for as long as it lives). When a byte arrives, a hyper connection is
 //! started on the socket for the exchange; once every request it began has had its response head
-//! written, it is told to end after the current response (`graceful_shutdown` then: the head has
+//! written (and [`GRACE`] has passed without a new one, so a client sending back to back keeps one
+//! hyper connection), it is told to end after the current response (`graceful_shutdown` then: the head has
 //! gone out without `Connection: close`, so the client sees an ordinary keep-alive response), and
 //! [`http1::Connection::without_shutdown`]'s parts give the socket back, with any bytes hyper
 //! read past the response (a pipelined request) kept in front of it for the next exchange.
@@ -394,7 +395,13 @@ enum Next<IO, S> {
     Failed(hyper::Error),
 }
 
-/// Runs hyper on the socket until it ends, telling it to end once the exchange allows.
+/// How long hyper is kept after the exchange allows it to end: a client sending its next request
+/// at once (back to back, a page's assets) is served by the same hyper connection rather than a
+/// new one per request.
+const GRACE: Duration = Duration::from_millis(100);
+
+/// Runs hyper on the socket until it ends, telling it to end once the exchange allows (and
+/// [`GRACE`] has passed with no new request).
 async fn exchange_once<IO, S>(
     mut conn: Box<Conn<IO, S>>,
     exchange: &Exchange,
@@ -407,30 +414,38 @@ where
     S::Future: Unpin,
 {
     let mut ending = false;
-    let result = loop {
-        let step = std::future::poll_fn(|cx| {
-            loop {
-                let polled = conn.poll_without_shutdown(cx);
-                if polled.is_ready() || ending || *draining || !exchange.can_end() {
-                    return polled;
-                }
-                // Every response head is out: no `Connection: close` is added now, and hyper
-                // ends after the response instead of reading another request. Polled again at
-                // once, since an idle hyper connection ends without another wake-up.
-                Pin::new(&mut *conn).graceful_shutdown();
-                ending = true;
-            }
-        });
-        tokio::select! {
-            biased;
-            () = drain.closing(), if !*draining => {
-                // Idle: closed now. Busy: the current response goes out with `Connection: close`.
-                *draining = true;
-                Pin::new(&mut *conn).graceful_shutdown();
-            }
-            result = step => break result,
+    let grace = tokio::time::sleep(GRACE);
+    tokio::pin!(grace);
+    // The count of answered requests when the grace was started: a later answer restarts it.
+    let mut armed: Option<u32> = None;
+    let result = std::future::poll_fn(|cx| loop {
+        if !*draining && drain.poll_closing(cx).is_ready() {
+            // Idle: closed now. Busy: the current response goes out with `Connection: close`.
+            *draining = true;
+            Pin::new(&mut *conn).graceful_shutdown();
         }
-    };
+        let polled = conn.poll_without_shutdown(cx);
+        if polled.is_ready() || ending || *draining || !exchange.can_end() {
+            if !exchange.can_end() {
+                armed = None;
+            }
+            return polled;
+        }
+        let answered = exchange.answered.load(Ordering::Relaxed);
+        if armed != Some(answered) {
+            armed = Some(answered);
+            grace.as_mut().reset(Instant::now() + GRACE);
+        }
+        if grace.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Every response head is out: no `Connection: close` is added now, and hyper ends
+        // after the response instead of reading another request. Polled again at once, since
+        // an idle hyper connection ends without another wake-up.
+        Pin::new(&mut *conn).graceful_shutdown();
+        ending = true;
+    })
+    .await;
     match result {
         Ok(()) if exchange.upgraded.load(Ordering::Relaxed) => Next::Upgraded(conn.into_parts()),
         Ok(()) if ending && !*draining && !exchange.closing.load(Ordering::Relaxed) => {

@@ -12,9 +12,16 @@ use tokio::net::TcpStream;
 use crate::support::tls::{pair, tls_connect, write_pair, TempDir, TestCa};
 use crate::support::{self, get, upstream, websocket, wire};
 
-/// Short, so the timeout tests take a fraction of a second of real time (the gateway runs on
-/// real sockets, where paused time would fire timeouts while bytes are in flight).
-const HEAD_TIMEOUT: Duration = Duration::from_millis(300);
+/// Short, so the timeout tests take a second of real time (the gateway runs on real sockets,
+/// where paused time would fire timeouts while bytes are in flight); longer than
+/// [`until_held`], which must not idle a connection out.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Lets a connection's hyper state be put down: the gateway keeps it for 100 ms after the last
+/// response (src/server/h1.rs, GRACE). Time passing is what is tested, not a readiness wait.
+async fn until_held() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
 
 /// Reads whole responses from a kept-alive stream until `n` arrived.
 async fn responses<S: AsyncReadExt + Unpin>(s: &mut S, n: usize) -> Vec<wire::Msg> {
@@ -108,6 +115,7 @@ async fn a_head_begun_on_a_kept_alive_connection_is_answered_408() {
         .await
         .unwrap();
     assert_eq!(responses(&mut s, 1).await[0].status(), 200);
+    until_held().await;
     s.write_all(b"GET /never HTTP/1.1\r\nHo").await.unwrap();
     let raw = to_eof(&mut s).await;
     let msg = wire::decode(&raw, false, false, true).expect("a response");
@@ -160,6 +168,8 @@ async fn pipelined_requests_split_across_exchanges_are_answered_in_order_and_kep
         .await
         .unwrap();
     let first = responses(&mut s, 1).await.remove(0);
+    // The half head of `two` is in hyper's buffer when the connection is put down.
+    until_held().await;
     s.write_all(b"st: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nSeq: three\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\nSeq: four\r\n\r\n")
         .await
         .unwrap();
@@ -190,6 +200,7 @@ async fn a_websocket_upgrade_after_a_held_exchange_keeps_the_bytes_sent_behind_i
         .unwrap();
     // The WebSocket server answers plain HTTP with an error; what matters is the exchange.
     let _ = responses(&mut s, 1).await;
+    until_held().await;
     // A masked text frame "hi" (mask 1,2,3,4) right behind the upgrade request.
     let frame = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
     let mut req = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n".to_vec();
@@ -237,6 +248,7 @@ async fn a_tls_connection_is_held_between_requests_and_times_out_a_partial_head_
         tls.write_all(req.as_bytes()).await.unwrap();
         let msg = responses(&mut tls, 1).await.remove(0);
         assert_eq!(msg.header("x-echo-seq"), Some(seq), "{msg:?}");
+        until_held().await;
     }
     tls.write_all(b"GET /c HTTP/1.1\r\n").await.unwrap();
     let mut raw = Vec::new();
