@@ -164,7 +164,7 @@ measure() { # name n
     read -r -t 120 line <&"${IDLE[0]}" || line="timeout"
     if [ "$line" = open ]; then
         # gatewise puts an idle connection's hyper state down 100 ms after its last response
-        # (src/server/idle.rs, GRACE): measure once the last ones opened are idle too.
+        # (src/server/h1.rs, GRACE): measure once the last ones opened are idle too.
         sleep 1
         rss=$(field_kib "$pid" status VmRSS)
         pss=$(field_kib "$pid" smaps_rollup Pss)
