@@ -522,3 +522,117 @@ async fn request_timeout<IO: ClientIo>(
         tunnel: None,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use arc_swap::ArcSwap;
+    use tokio::io::DuplexStream;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::gateway::snapshot::Snapshot;
+    use crate::observe::access_log::AccessLog;
+    use crate::observe::metrics::Metrics;
+    use crate::server::drain::Drain;
+
+    /// One client connection served over an in-memory stream, on paused time. The listener
+    /// redirects to https, so a request is answered without an upstream.
+    struct Served {
+        client: DuplexStream,
+        log: mpsc::Receiver<Vec<u8>>,
+        metrics: Metrics,
+        _drain: Drain,
+    }
+
+    fn serve_one() -> Served {
+        let config = Config::quick("127.0.0.1:80".parse().unwrap(), vec!["127.0.0.1:9".into()]);
+        let mut lc = config.listeners[0].clone();
+        lc.redirect_https = true;
+        let metrics = Metrics::new([]);
+        let snapshot = Snapshot::build(config, None, &metrics).unwrap();
+        let (access_log, log) = AccessLog::capture();
+        let state = Arc::new(ListenerState {
+            name: lc.name.clone(),
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            access_log,
+            unrouted: metrics.unrouted(),
+            connections: metrics.client_connections(&lc.name),
+            scheme: "http",
+            expose_details: false.into(),
+            allow_trace: false.into(),
+        });
+        let drain = Drain::default();
+        let conn = drain.signal().connection();
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let peer = "127.0.0.1:5555".parse().unwrap();
+        tokio::spawn(serve(server, peer, Arc::new(lc), state, conn));
+        Served {
+            client,
+            log,
+            metrics,
+            _drain: drain,
+        }
+    }
+
+    async fn to_end(client: &mut DuplexStream) -> String {
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).await.unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    const TIMEOUTS: &str = "gatewise_client_header_timeouts_total{listener=\"public\"} ";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_and_never_completed_is_answered_408_at_the_timeout() {
+        let mut s = serve_one();
+        let start = Instant::now();
+        s.client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let out = to_end(&mut s.client).await;
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(10),
+            "header_read_timeout"
+        );
+        assert!(
+            out.starts_with("HTTP/1.1 408 Request Timeout\r\nconnection: close\r\n"),
+            "{out}"
+        );
+        let line: serde_json::Value = serde_json::from_slice(&s.log.try_recv().unwrap()).unwrap();
+        assert_eq!(
+            (line["status"].as_u64(), line["method"].as_str()),
+            (Some(408), Some("-"))
+        );
+        assert!(s.metrics.encode().contains(&format!("{TIMEOUTS}1")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_idle_between_requests_is_closed_silently_at_the_timeout() {
+        let mut s = serve_one();
+        s.client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: h.test\r\n\r\n")
+            .await
+            .unwrap();
+        let start = Instant::now();
+        let out = to_end(&mut s.client).await;
+        // One redirect, then nothing: closed once idle for header_read_timeout (after the
+        // grace in which hyper is kept).
+        assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+        assert!(out.starts_with("HTTP/1.1 30"), "{out}");
+        assert!(!out.contains("408"), "{out}");
+        assert_eq!(start.elapsed(), GRACE + Duration::from_secs(10));
+        assert!(s.log.try_recv().is_ok(), "the redirect's line");
+        assert!(s.log.try_recv().is_err(), "no line for the idle close");
+        assert!(s.metrics.encode().contains(&format!("{TIMEOUTS}0")));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_sends_a_byte_is_closed_silently() {
+        let mut s = serve_one();
+        let start = Instant::now();
+        assert_eq!(to_end(&mut s.client).await, "");
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        assert!(s.log.try_recv().is_err());
+    }
+}
