@@ -10,6 +10,8 @@
 # Knobs (environment):
 #   COUNTS="1000 10000"   idle connection counts, one fresh proxy each
 #   GATEWISE=path         a prebuilt binary (default: target/release/gatewise, built if missing)
+#   IDLE_REQUEST=post     each idle connection made a POST with a body (gatewise keeps hyper for
+#                         it) instead of a GET (held without hyper): see bench/idle-clients.py
 set -euo pipefail
 
 COUNTS=${COUNTS:-"1000 10000"}
