@@ -302,11 +302,14 @@ pub async fn serve<IO: ClientIo>(
     }
 }
 
+/// The bytes to read before the stream: what hyper read and did not use (`first`), then what it
+/// never read of the previous prefix. Copied out: hyper's read buffer is a view into an 8-16 KiB
+/// allocation that an idle connection must not keep alive, even empty.
 fn join(first: Bytes, then: Bytes) -> Bytes {
     match (first.is_empty(), then.is_empty()) {
-        (_, true) => first,
+        (true, true) => Bytes::new(),
         (true, false) => then,
-        (false, false) => {
+        (false, _) => {
             let mut both = BytesMut::with_capacity(first.len() + then.len());
             both.extend_from_slice(&first);
             both.extend_from_slice(&then);
