@@ -579,6 +579,34 @@ mod tests {
         }
     }
 
+    /// What one idle connection's task holds beyond its socket is mostly this future: hyper's
+    /// connection is boxed apart so it does not count here.
+    #[tokio::test]
+    async fn a_connection_task_stays_small_while_idle() {
+        let s = serve_one();
+        let (_client, server) = tokio::io::duplex(64);
+        let config = Config::quick("127.0.0.1:80".parse().unwrap(), vec!["127.0.0.1:9".into()]);
+        let metrics = Metrics::new([]);
+        let snapshot = Snapshot::build(config.clone(), None, &metrics).unwrap();
+        let state = Arc::new(ListenerState {
+            name: "public".into(),
+            snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
+            access_log: AccessLog::capture().0,
+            unrouted: metrics.unrouted(),
+            connections: metrics.client_connections("public"),
+            scheme: "http",
+            expose_details: false.into(),
+            allow_trace: false.into(),
+        });
+        let conn = s._drain.signal().connection();
+        let lc = Arc::new(config.listeners[0].clone());
+        let task = serve(server, "127.0.0.1:1".parse().unwrap(), lc, state, conn);
+        let size = std::mem::size_of_val(&task);
+        println!("HTTP/1 connection future: {size} bytes");
+        // Debug build; a hyper connection inline would be several KiB.
+        assert!(size < 2048, "{size} bytes");
+    }
+
     async fn to_end(client: &mut DuplexStream) -> String {
         let mut out = Vec::new();
         client.read_to_end(&mut out).await.unwrap();
