@@ -5,10 +5,11 @@
 //! buffer and its dispatcher for as long as it lives). When a byte arrives, a hyper connection is
 //! started on the socket for the exchange; once every request it began has had its response head
 //! written (and [`GRACE`] has passed without a new one, so a client sending back to back keeps one
-//! hyper connection), it is told to end after the current response (`graceful_shutdown` then: the head has
-//! gone out without `Connection: close`, so the client sees an ordinary keep-alive response), and
-//! [`http1::Connection::without_shutdown`]'s parts give the socket back, with any bytes hyper
-//! read past the response (a pipelined request) kept in front of it for the next exchange.
+//! hyper connection), it is told to end after the current response (`graceful_shutdown` then:
+//! the head has gone out without `Connection: close`, so the client sees an ordinary keep-alive
+//! response), polled with `poll_without_shutdown` (hyper does not close the socket), and its
+//! `into_parts` give the socket back, with any bytes hyper read past the response (a pipelined
+//! request) copied in front of it for the next exchange.
 //!
 //! The connection is held only when that is exact; otherwise hyper serves on as it always did:
 //! - a request with a body: hyper may have stopped reading it (the response went out before the
