@@ -10,6 +10,8 @@
 # Knobs (environment):
 #   COUNTS="1000 10000"   idle connection counts, one fresh proxy each
 #   GATEWISE=path         a prebuilt binary (default: target/release/gatewise, built if missing)
+#   IDLE_REQUEST=post     each idle connection made a POST with a body (gatewise keeps hyper for
+#                         it) instead of a GET (held without hyper): see bench/idle-clients.py
 set -euo pipefail
 
 COUNTS=${COUNTS:-"1000 10000"}
@@ -164,7 +166,7 @@ measure() { # name n
     read -r -t 120 line <&"${IDLE[0]}" || line="timeout"
     if [ "$line" = open ]; then
         # gatewise puts an idle connection's hyper state down 100 ms after its last response
-        # (src/server/idle.rs, GRACE): measure once the last ones opened are idle too.
+        # (src/server/h1.rs, GRACE): measure once the last ones opened are idle too.
         sleep 1
         rss=$(field_kib "$pid" status VmRSS)
         pss=$(field_kib "$pid" smaps_rollup Pss)

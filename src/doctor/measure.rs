@@ -5,12 +5,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::probe::{self, Exchange};
+use super::probe::{self, Dial, Exchange};
 use super::report::{Layer, Report};
 use super::target::{ms, Expect};
+use crate::upstream::connect::Stream;
 
 /// Longest time the latency sample may take in all.
 const SAMPLE_BUDGET: Duration = Duration::from_secs(15);
@@ -20,12 +20,13 @@ pub async fn doctor_layers(
     r: &mut Report,
     target: &str,
     expect: &Expect,
-    addr: SocketAddr,
-    stream: TcpStream,
+    dial: &Dial,
+    stream: Stream,
     first: Exchange,
     requests: usize,
     idle_wait: Duration,
 ) {
+    let addr = dial.addr;
     head_size(r, target, expect, addr, &first);
     // The idle connection waits while the latency sample runs on connections of its own.
     let idle = async {
@@ -35,7 +36,7 @@ pub async fn doctor_layers(
             Some(probe::idle_close(stream, idle_wait).await)
         }
     };
-    let (idle, sample) = tokio::join!(idle, latency(target, expect, addr, requests));
+    let (idle, sample) = tokio::join!(idle, latency(target, expect, dial, requests));
     idle_finding(r, target, expect, addr, &first, idle, idle_wait);
     latency_finding(r, target, expect, addr, sample);
 }
@@ -124,7 +125,7 @@ struct Sample {
     timed_out: Option<Duration>,
 }
 
-async fn latency(target: &str, expect: &Expect, addr: SocketAddr, n: usize) -> Sample {
+async fn latency(target: &str, expect: &Expect, dial: &Dial, n: usize) -> Sample {
     let deadline =
         (expect.per_try_timeout * 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let start = Instant::now();
@@ -132,11 +133,11 @@ async fn latency(target: &str, expect: &Expect, addr: SocketAddr, n: usize) -> S
         times: Vec::new(),
         timed_out: None,
     };
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<Stream> = None;
     while sample.times.len() < n && start.elapsed() < SAMPLE_BUDGET {
         let mut stream = match conn.take() {
             Some(s) => s,
-            None => match probe::connect(addr, expect.connect_timeout).await {
+            None => match dial.connect().await {
                 Ok(s) => s,
                 Err(_) => break,
             },

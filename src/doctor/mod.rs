@@ -47,6 +47,7 @@ pub fn expectations(config: &Config) -> Vec<(String, Expect)> {
                     upstream: name.clone(),
                     // `protocol = "https"`: the port must speak TLS.
                     tls: up.tls.is_some(),
+                    tls_client: up.tls.as_ref().map(target::tls_client),
                     health: health.clone(),
                     path: "/".to_string(),
                     connect_timeout: up.connect_timeout,
@@ -233,6 +234,8 @@ pub fn from_url(url: &str) -> Result<(String, Expect), String> {
         Expect {
             upstream: "default".to_string(),
             tls,
+            // The quick form's client: the system's roots, the URL's host as server name.
+            tls_client: tls.then(|| target::default_tls_client(false)),
             health: None,
             path: path.to_string(),
             connect_timeout: up.connect_timeout,

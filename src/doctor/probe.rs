@@ -2,18 +2,103 @@
 //! speaks → one HTTP/1.1 exchange. Findings are built from their results elsewhere
 //! (`doctor::target`); this file only observes.
 //!
-//! The dial is [`connect`] alone, so it can later go through the gateway's shared upstream
-//! connector (TLS, ALPN) without touching the rest. Until then the TLS layer is observed from
-//! bytes: a TLS record answering a plain request (`0x15`/`0x16`, then `0x03 0x0X`), or a TLS
-//! record answering the ClientHello of [`CLIENT_HELLO`]; `HTTP/` answering either is plain HTTP.
+//! A target is dialled with [`Dial`]: the gateway's own connector ([`Connector`], as the pool and
+//! the health checks use it), so DNS, TCP and — for an `https` upstream — the TLS handshake with
+//! the upstream's TLS settings (CA, SNI, client certificate, ALPN) fail here the way they would
+//! fail for a request, and the exchange runs over the TLS session. For a plain upstream the TLS
+//! layer is observed from bytes: a TLS record answering a plain request (`0x15`/`0x16`, then
+//! `0x03 0x0X`), or a TLS record answering the ClientHello of [`CLIENT_HELLO`]; `HTTP/` answering
+//! either is plain HTTP. ([`connect`], a bare TCP connect, remains for `doctor --nginx` and for
+//! those sniffs.)
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
+
+use crate::cause::{Cause, UpstreamError};
+use crate::upstream::connect::{Connector, Endpoint, Stream};
+use crate::upstream::tls::TlsClient;
+
+/// One resolved address of a target, dialled through the gateway's connector.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    connector: Connector,
+    endpoint: Endpoint,
+    /// The address, for sentences.
+    pub addr: SocketAddr,
+}
+
+/// Why a dial failed: at TCP, or (TCP connected) in the TLS handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DialFailure {
+    Tcp(ConnectFailure),
+    /// The connector's words for the handshake failure; `plain_http` when the target answered
+    /// our ClientHello with an HTTP response.
+    Tls {
+        cause: Cause,
+        words: String,
+        plain_http: bool,
+    },
+}
+
+impl Dial {
+    /// `target` (`host:port`) at `addr`; with `tls`, the handshake uses the upstream's client.
+    pub fn new(
+        target: &str,
+        addr: SocketAddr,
+        tls: Option<&Arc<TlsClient>>,
+        deadline: Duration,
+    ) -> Dial {
+        Dial {
+            connector: Connector::new(deadline),
+            endpoint: Endpoint::at(target, addr, tls),
+            addr,
+        }
+    }
+
+    /// The server name verified in the handshake (TLS only).
+    pub fn server_name(&self) -> Option<String> {
+        self.endpoint.server_name()
+    }
+
+    pub async fn connect(&self) -> Result<Stream, DialFailure> {
+        self.connector
+            .connect(&self.endpoint)
+            .await
+            .map_err(|e| dial_failure(&self.endpoint.addr, self.connector.timeout, e))
+    }
+}
+
+/// Sorts the connector's error into the layer it happened at.
+fn dial_failure(target: &str, deadline: Duration, e: UpstreamError) -> DialFailure {
+    let words = e
+        .detail
+        .strip_prefix(target)
+        .and_then(|w| w.strip_prefix(": "))
+        .unwrap_or(&e.detail)
+        .to_string();
+    match e.cause {
+        Cause::TlsProtocolError | Cause::TlsCertificateError => DialFailure::Tls {
+            cause: e.cause,
+            plain_http: words.contains("speaks plain HTTP"),
+            words,
+        },
+        Cause::ConnectionTimeout if words.starts_with("TLS handshake") => DialFailure::Tls {
+            cause: e.cause,
+            words,
+            plain_http: false,
+        },
+        Cause::ConnectionTimeout => DialFailure::Tcp(ConnectFailure::TimedOut(deadline)),
+        // A plain refusal carries no words (cause::connect_detail).
+        Cause::ConnectionRefused if e.detail == target => DialFailure::Tcp(ConnectFailure::Refused),
+        _ => DialFailure::Tcp(ConnectFailure::Unreachable(words)),
+    }
+}
 
 /// Why a TCP connect failed, in the words an operator acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,8 +245,8 @@ pub enum ExchangeError {
 pub const HEAD_CAP: usize = 1 << 20;
 
 /// `GET path` on `stream` (kept open when the response allows reuse); reads the whole response.
-pub async fn exchange(
-    stream: &mut TcpStream,
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     host: &str,
     path: &str,
     deadline: Duration,
@@ -241,8 +326,8 @@ pub async fn exchange(
 
 /// Reads the body to its end; `false` when the connection cannot be reused after it (no framing,
 /// or the body did not arrive in time).
-async fn read_body(
-    stream: &mut TcpStream,
+async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
     have: &mut Vec<u8>,
     length: Option<usize>,
     chunked: bool,
@@ -274,7 +359,7 @@ async fn read_body(
 
 /// Waits for the server to close an idle connection: `Some(after)`, or `None` when it was still
 /// open at `bound`.
-pub async fn idle_close(mut stream: TcpStream, bound: Duration) -> Option<Duration> {
+pub async fn idle_close<S: AsyncRead + Unpin>(mut stream: S, bound: Duration) -> Option<Duration> {
     let start = Instant::now();
     let mut buf = [0u8; 512];
     loop {

@@ -3,19 +3,27 @@
 //! timeout and latency against the configured limits (`doctor`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::listening;
-use super::probe::{self, ConnectFailure, ExchangeError, Speaks};
+use super::probe::{self, ConnectFailure, Dial, DialFailure, ExchangeError, Speaks};
 use super::report::{Layer, Report};
+use crate::cause::Cause;
+use crate::config::UpstreamTlsConfig;
+use crate::upstream::connect::Stream;
+use crate::upstream::tls::TlsClient;
 
 /// What the gateway's config expects of a target.
 #[derive(Debug, Clone)]
 pub struct Expect {
     /// `upstream NAME`, for the sentences.
     pub upstream: String,
-    /// The config says TLS (`https://` URL; `protocol = "https"` once upstream TLS lands).
+    /// The config says TLS (`https://` URL, `protocol = "https"`).
     pub tls: bool,
+    /// The TLS client the gateway would use for this target (CA, SNI, client certificate,
+    /// ALPN), or why it cannot be built; `None` for plain targets.
+    pub tls_client: Option<Result<Arc<TlsClient>, String>>,
     /// `GET path` with the accepted status range, when the upstream has an HTTP health check.
     pub health: Option<(String, (u16, u16))>,
     /// Path of the full exchange (`doctor URL`'s path, `/` otherwise).
@@ -40,6 +48,22 @@ pub enum Depth {
 
 /// Deadline of a check's probe steps: short, so a whole config is checked in seconds.
 const CHECK_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The client of an `https://` URL given to `doctor`: the system's roots, the host as server
+/// name; `insecure` accepts any certificate (what nginx does unless `proxy_ssl_verify on`).
+pub fn default_tls_client(insecure: bool) -> Result<Arc<TlsClient>, String> {
+    tls_client(&UpstreamTlsConfig {
+        ca_file: None,
+        sni: None,
+        client_cert: None,
+        insecure_skip_verify: insecure,
+    })
+}
+
+/// The upstream TLS client for `cfg`, as the gateway builds it.
+pub fn tls_client(cfg: &UpstreamTlsConfig) -> Result<Arc<TlsClient>, String> {
+    TlsClient::new(cfg).map(Arc::new)
+}
 
 /// Probes `target` (`host:port`) and returns what it found.
 pub async fn probe(target: &str, expect: &Expect, depth: Depth) -> Report {
@@ -72,24 +96,118 @@ pub async fn probe(target: &str, expect: &Expect, depth: Depth) -> Report {
     );
 
     let connect_deadline = expect.connect_timeout.min(CHECK_DEADLINE);
-    let mut answering: Vec<(SocketAddr, tokio::net::TcpStream)> = Vec::new();
+    let client =
+        match &expect.tls_client {
+            None => None,
+            Some(Ok(client)) => Some(client.clone()),
+            Some(Err(e)) => {
+                r.finding(
+                Layer::Tls,
+                target,
+                format!("the TLS settings of upstream {} cannot be loaded: {e}", expect.upstream),
+                "fix ca_file / client_cert of the upstream (gatewise refuses to start with them)",
+            );
+                return r;
+            }
+        };
+    // Dialled as the gateway dials: its connector, with the upstream's TLS client.
+    let mut answering: Vec<(Dial, Stream)> = Vec::new();
     let mut failed: Vec<(SocketAddr, ConnectFailure)> = Vec::new();
+    let mut handshakes: Vec<(Dial, DialFailure)> = Vec::new();
     for addr in &addrs {
-        match probe::connect(*addr, connect_deadline).await {
-            Ok(s) => answering.push((*addr, s)),
-            Err(f) => failed.push((*addr, f)),
+        let dial = Dial::new(target, *addr, client.as_ref(), connect_deadline);
+        match dial.connect().await {
+            Ok(s) => answering.push((dial, s)),
+            Err(DialFailure::Tcp(f)) => failed.push((*addr, f)),
+            Err(tls) => handshakes.push((dial, tls)),
         }
     }
+    let connected = answering
+        .iter()
+        .map(|(d, _)| d.addr)
+        .chain(handshakes.iter().map(|(d, _)| d.addr))
+        .next();
     for (addr, fail) in &failed {
-        let other = answering.first().map(|(a, _)| *a);
-        tcp_finding(&mut r, target, expect, *addr, fail, other);
+        tcp_finding(&mut r, target, expect, *addr, fail, connected);
     }
-    let Some((addr, stream)) = answering.into_iter().next() else {
+    for (dial, failure) in &handshakes {
+        r.fact(
+            Layer::Tcp,
+            target,
+            format!("{} accepts connections", dial.addr),
+        );
+        handshake_finding(&mut r, target, expect, dial, failure);
+    }
+    let Some((dial, stream)) = answering.into_iter().next() else {
         return r;
     };
-    r.fact(Layer::Tcp, target, format!("{addr} accepts connections"));
-    http_layers(&mut r, target, expect, addr, stream, depth).await;
+    r.fact(
+        Layer::Tcp,
+        target,
+        format!("{} accepts connections", dial.addr),
+    );
+    if let Some((version, alpn)) = stream.tls_session() {
+        let version = version.map_or("TLS".to_string(), |v| format!("{v:?}").replace('_', "."));
+        let alpn = match alpn {
+            Some(p) => format!("ALPN {}", String::from_utf8_lossy(&p)),
+            None => "no ALPN protocol chosen by the server (HTTP/1.1 is spoken)".to_string(),
+        };
+        r.fact(
+            Layer::Tls,
+            target,
+            format!(
+                "{} speaks TLS, as configured: {version} handshake with server name {}, {alpn}",
+                dial.addr,
+                dial.server_name().unwrap_or_default()
+            ),
+        );
+        r.fact(
+            Layer::Tls,
+            target,
+            "h2 not checked: gatewise speaks HTTP/1.1 to upstreams (an h2 upstream protocol is not built yet)",
+        );
+    }
+    http_layers(&mut r, target, expect, &dial, stream, depth).await;
     r
+}
+
+/// A TLS handshake through the gateway's connector failed after TCP connected.
+fn handshake_finding(
+    r: &mut Report,
+    target: &str,
+    expect: &Expect,
+    dial: &Dial,
+    failure: &DialFailure,
+) {
+    let addr = dial.addr;
+    let DialFailure::Tls {
+        cause,
+        words,
+        plain_http,
+    } = failure
+    else {
+        return;
+    };
+    if *plain_http {
+        r.finding(
+            Layer::Tls,
+            target,
+            format!(
+                "{addr} speaks plain HTTP but {} expects TLS",
+                expect.upstream
+            ),
+            "use http:// (protocol = \"http1\") for this target, or point it at the app's TLS port",
+        );
+        return;
+    }
+    let name = dial.server_name().unwrap_or_default();
+    let message = format!("the TLS handshake with {addr} (server name {name}) failed: {words}; gatewise answers such requests 502 {cause}");
+    let fix = match cause {
+        Cause::TlsCertificateError => format!("make the target's certificate valid for {name} and trusted by the upstream's ca_file (or the system roots), or correct sni / ca_file / client_cert of upstream {}", expect.upstream),
+        Cause::ConnectionTimeout => format!("find why the target does not finish the handshake (overloaded, or not TLS on this port); connect_timeout of upstream {} bounds DNS + TCP + TLS", expect.upstream),
+        _ => "make sure this port serves TLS 1.2 or 1.3 (not another protocol), or use http:// (protocol = \"http1\") if it is plain".to_string(),
+    };
+    r.finding(Layer::Tls, target, message, fix);
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
@@ -154,10 +272,11 @@ async fn http_layers(
     r: &mut Report,
     target: &str,
     expect: &Expect,
-    addr: SocketAddr,
-    mut stream: tokio::net::TcpStream,
+    dial: &Dial,
+    mut stream: Stream,
     depth: Depth,
 ) {
+    let addr = dial.addr;
     let host = target;
     let deadline = match depth {
         Depth::Check => CHECK_DEADLINE,
@@ -172,6 +291,18 @@ async fn http_layers(
     let first = probe::exchange(&mut stream, host, path, deadline).await;
     let first = match first {
         Ok(ex) => ex,
+        Err(ExchangeError::NotHttp(Speaks::Closed | Speaks::Silent))
+        | Err(ExchangeError::Io(_))
+            if expect.tls =>
+        {
+            r.finding(
+                Layer::Http,
+                target,
+                format!("{addr} completed the TLS handshake but closed the connection without answering GET {path}"),
+                "make sure this port serves HTTP/1.1 over TLS (not another protocol, nor h2 only)",
+            );
+            return;
+        }
         Err(ExchangeError::NotHttp(Speaks::Closed | Speaks::Silent))
         | Err(ExchangeError::Io(_)) => {
             // Closed without a word: a TLS server waiting for a ClientHello does that.
@@ -205,7 +336,9 @@ async fn http_layers(
         }
         Err(ExchangeError::TimedOut(d)) => {
             // A TLS server may wait for the rest of a "record" that never comes.
-            if probe::sniff(addr, probe::CLIENT_HELLO, CHECK_DEADLINE).await == Speaks::Tls {
+            if !expect.tls
+                && probe::sniff(addr, probe::CLIENT_HELLO, CHECK_DEADLINE).await == Speaks::Tls
+            {
                 tls_answer(r, target, expect, addr);
                 return;
             }
@@ -238,17 +371,7 @@ async fn http_layers(
             return;
         }
     };
-    if expect.tls {
-        r.finding(
-            Layer::Tls,
-            target,
-            format!(
-                "{addr} speaks plain HTTP but {} expects TLS",
-                expect.upstream
-            ),
-            "use http:// (protocol = \"http1\") for this target, or point it at the app's TLS port",
-        );
-    } else {
+    if !expect.tls {
         r.fact(Layer::Tls, target, "plain HTTP, as configured");
     }
     r.fact(
@@ -291,29 +414,29 @@ async fn http_layers(
         // The health path's answer says little about real responses: measure on the path.
         let (stream, first) = match &expect.health {
             Some((hpath, _)) if *hpath != expect.path => {
-                match main_exchange(stream, first.closes, target, expect, addr, deadline).await {
+                match main_exchange(stream, first.closes, target, expect, dial, deadline).await {
                     Some(pair) => pair,
                     None => return,
                 }
             }
             _ => (stream, first),
         };
-        super::measure::doctor_layers(r, target, expect, addr, stream, first, requests, idle_wait)
+        super::measure::doctor_layers(r, target, expect, dial, stream, first, requests, idle_wait)
             .await;
     }
 }
 
 /// `GET expect.path` on the connection (or a new one when the last response closed it).
 async fn main_exchange(
-    mut stream: tokio::net::TcpStream,
+    mut stream: Stream,
     closed: bool,
     target: &str,
     expect: &Expect,
-    addr: SocketAddr,
+    dial: &Dial,
     deadline: Duration,
-) -> Option<(tokio::net::TcpStream, probe::Exchange)> {
+) -> Option<(Stream, probe::Exchange)> {
     if closed {
-        stream = probe::connect(addr, expect.connect_timeout).await.ok()?;
+        stream = dial.connect().await.ok()?;
     }
     let ex = probe::exchange(&mut stream, target, &expect.path, deadline)
         .await
@@ -321,14 +444,9 @@ async fn main_exchange(
     Some((stream, ex))
 }
 
+/// A plain target whose port answered in TLS.
 fn tls_answer(r: &mut Report, target: &str, expect: &Expect, addr: SocketAddr) {
-    if expect.tls {
-        r.fact(
-            Layer::Tls,
-            target,
-            format!("{addr} speaks TLS, as configured (the exchange over TLS is not probed yet)"),
-        );
-    } else {
+    {
         r.finding(
             Layer::Tls,
             target,
@@ -355,6 +473,7 @@ mod tests {
         Expect {
             upstream: "app".into(),
             tls: false,
+            tls_client: None,
             health: None,
             path: "/".into(),
             connect_timeout: Duration::from_secs(1),

@@ -79,6 +79,8 @@ struct ConnectionLabels {
 pub struct ClientConnections {
     pub h1: Counter,
     pub h2: Counter,
+    /// Request heads begun and not completed in time (answered 408).
+    pub header_timeouts: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,6 +102,12 @@ struct Families {
     tunnels_open: Family<RouteLabels, Gauge>,
     tunnels: Family<TunnelLabels, Counter>,
     client_connections: Family<ConnectionLabels, Counter>,
+    client_header_timeouts: Family<ListenerLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
 }
 
 /// The gateway's registry, and what route handles are built from.
@@ -172,6 +180,11 @@ impl Metrics {
             counter_base(CLIENT_CONNECTIONS),
             CLIENT_CONNECTIONS_HELP,
             f.client_connections.clone(),
+        );
+        registry.register(
+            counter_base(CLIENT_HEADER_TIMEOUTS),
+            CLIENT_HEADER_TIMEOUTS_HELP,
+            f.client_header_timeouts.clone(),
         );
         let list: Vec<Arc<Upstream>> = upstreams.into_iter().cloned().collect();
         let upstreams: upstream::UpstreamList = Arc::new(arc_swap::ArcSwap::from_pointee(list));
@@ -298,6 +311,11 @@ impl Metrics {
         ClientConnections {
             h1: counter("h1"),
             h2: counter("h2"),
+            header_timeouts: self.families.client_header_timeouts.get_or_create_owned(
+                &ListenerLabels {
+                    listener: name.to_string(),
+                },
+            ),
         }
     }
 

@@ -17,7 +17,6 @@ use http::header::{CONNECTION, UPGRADE};
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Version};
 use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::forward::{fail, Route};
@@ -27,6 +26,7 @@ use super::relay::{BodyEnd, ClientBody};
 use super::tunnel::{self, ClosedBy, TunnelEnd};
 use crate::cause::{Cause, UpstreamError};
 use crate::server::drain::{TunnelGuard, Tunnels};
+use crate::server::h1::ClientUpgrade;
 use crate::upstream::{InFlight, Target};
 
 static UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
@@ -48,7 +48,7 @@ pub fn requested(headers: &HeaderMap) -> Option<HeaderValue> {
 /// An accepted upgrade request: the client's connection once we answer 101, and the drain's
 /// registration of the tunnel it may become.
 pub struct Upgrade {
-    client: OnUpgrade,
+    client: ClientUpgrade,
     guard: TunnelGuard,
 }
 
@@ -76,7 +76,7 @@ pub fn accept(
         return Err((Cause::HttpRequestError, detail.to_string()));
     }
     let (Some(client), Some(tunnels)) = (
-        head.extensions.remove::<OnUpgrade>(),
+        head.extensions.remove::<ClientUpgrade>(),
         head.extensions.remove::<Tunnels>(),
     ) else {
         let detail = "this connection cannot be upgraded";
@@ -164,10 +164,9 @@ impl Upgrade {
         log.status = StatusCode::SWITCHING_PROTOCOLS.as_u16();
         let handshake = log.elapsed();
         tokio::spawn(async move {
-            let end = match client.await {
+            let end = match client.connection().await {
                 Ok(client_io) => {
-                    let (client_io, upstream_io) =
-                        (TokioIo::new(client_io), TokioIo::new(upstream_io));
+                    let upstream_io = TokioIo::new(upstream_io);
                     tunnel::relay(client_io, upstream_io, idle, guard.cut()).await
                 }
                 // The client went away before the 101 reached it.

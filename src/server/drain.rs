@@ -12,6 +12,7 @@
 //! given a moment to write its access-log line before the wait returns).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -171,6 +172,12 @@ impl ConnectionDrain {
     /// Resolves once the connection should close when idle (or the gateway is gone).
     pub async fn closing(&mut self) {
         let _ = (&mut self.closing).await;
+    }
+
+    /// [`ConnectionDrain::closing`] as a poll, for a connection driven by hand. Not to be polled
+    /// again once it returned `Ready`.
+    pub fn poll_closing(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::pin::Pin::new(&mut self.closing).poll(cx).map(|_| ())
     }
 
     /// A handle the connection's requests register their tunnels with.

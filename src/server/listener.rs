@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -115,69 +115,44 @@ async fn serve_connection<IO>(
     peer: SocketAddr,
     config: Arc<ListenerConfig>,
     state: Arc<ListenerState>,
-    mut drain: ConnectionDrain,
+    drain: ConnectionDrain,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    if !h2 {
+        return super::h1::serve(stream, peer, config, state, drain).await;
+    }
     let svc_state = state.clone();
-    let tunnels = drain.tunnels();
     let redirect = config.redirect_https;
-    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let state = svc_state.clone();
-        // Only a request that may upgrade gets the handle (no extension map on every request).
-        if req.headers().contains_key(hyper::header::UPGRADE) {
-            req.extensions_mut().insert(tunnels.clone());
-        }
-        let h2 = req.version() == hyper::Version::HTTP_2;
         async move {
-            let mut resp = if let Some(answer) = crate::acme::answer_http01(&state.acme, &req) {
-                answer
-            } else if redirect {
-                super::redirect::to_https(&state, peer, &req)
-            } else {
-                forward::handle(&state, peer, req).await
-            };
-            if h2 {
-                // Connection-specific fields are malformed in HTTP/2 (RFC 9113 §8.2.2); an
-                // upstream's are gone already (headers.rs), this is our own `Connection: close`
-                // after a bad request: HTTP/2 closes nothing for one bad stream.
-                resp.headers_mut().remove(hyper::header::CONNECTION);
-            }
+            let mut resp = respond(&state, peer, redirect, req).await;
+            // Connection-specific fields are malformed in HTTP/2 (RFC 9113 §8.2.2); an
+            // upstream's are gone already (headers.rs), this is our own `Connection: close`
+            // after a bad request: HTTP/2 closes nothing for one bad stream.
+            resp.headers_mut().remove(hyper::header::CONNECTION);
             Ok::<_, Infallible>(resp)
         }
     });
-    if h2 {
-        state.connections.h2.inc();
-        return serve_h2(stream, peer, &config, service, drain).await;
-    }
-    state.connections.h1.inc();
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .max_header_size(config.max_header_bytes)
-        .writev(false)
-        .max_headers(config.max_headers)
-        .serve_connection(TokioIo::new(stream), service)
-        // A 101 hands the socket to the request's tunnel (proxy/upgrade.rs).
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        biased;
-        result = conn.as_mut() => result,
-        () = drain.closing() => {
-            // Idle: closed now. Busy: the current response goes out with `Connection: close`.
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(err) = result {
-        if err.is_parse() || err.is_parse_too_large() {
-            // hyper has answered 400 or 431 itself; the request never reached a route.
-            log_rejected(&state, peer, &err);
-        } else {
-            tracing::debug!(%err, %peer, "client connection ended with an error");
-        }
+    state.connections.h2.inc();
+    serve_h2(stream, peer, &config, service, drain).await
+}
+
+/// One request of either protocol: redirected to https on a `redirect_https` listener, else
+/// proxied.
+pub(super) async fn respond(
+    state: &ListenerState,
+    peer: SocketAddr,
+    redirect: bool,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> hyper::Response<crate::proxy::relay::ClientBody> {
+    if let Some(answer) = crate::acme::answer_http01(&state.acme, &req) {
+        answer
+    } else if redirect {
+        super::redirect::to_https(state, peer, &req)
+    } else {
+        forward::handle(state, peer, req).await
     }
 }
 
@@ -226,7 +201,7 @@ async fn serve_h2<IO, S>(
     }
 }
 
-fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper::Error) {
+pub(super) fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper::Error) {
     let status = if err.is_parse_too_large() { 431 } else { 400 };
     tracing::debug!(%err, %peer, status, "malformed request");
     state

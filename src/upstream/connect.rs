@@ -1,8 +1,8 @@
 //! The one way gatewise reaches a target: an [`Endpoint`] says where and how (address, plain or
 //! TLS, server name, ALPN through the TLS client), a [`Connector`] dials it — DNS, TCP, then the
 //! TLS handshake — and gives back a [`Stream`] or an [`UpstreamError`] classified where it
-//! happened. The request pool, the active health checks (and later `doctor`) all use it, so a
-//! target that fails its handshake fails the same way for all three.
+//! happened. The request pool, the active health checks and `check`/`doctor` all use it, so a
+//! target that fails its handshake fails the same way for all of them.
 
 use std::io;
 use std::net::SocketAddr;
@@ -60,6 +60,20 @@ impl Endpoint {
             literal,
             tls,
         }
+    }
+
+    /// `addr` (`host:port`) dialled at one address it resolved to: no resolution on connect, and
+    /// the TLS server name is still the host's (or the `sni` override). For `check` and `doctor`,
+    /// which probe every address of a name.
+    pub fn at(addr: &str, resolved: SocketAddr, tls: Option<&Arc<TlsClient>>) -> Endpoint {
+        let mut ep = Endpoint::new(addr, tls);
+        ep.literal = Some(resolved);
+        ep
+    }
+
+    /// The server name sent as SNI and verified, for TLS endpoints.
+    pub fn server_name(&self) -> Option<String> {
+        self.tls.as_ref().map(|t| t.name.to_str().into_owned())
     }
 
     /// Whether connections to this endpoint speak TLS.
@@ -181,6 +195,22 @@ async fn handshake(
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<Sniff>>),
+}
+
+impl Stream {
+    /// The TLS version and the ALPN protocol the target chose (`None` for plain connections).
+    pub fn tls_session(&self) -> Option<(Option<rustls::ProtocolVersion>, Option<Vec<u8>>)> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(s) => {
+                let conn = s.get_ref().1;
+                Some((
+                    conn.protocol_version(),
+                    conn.alpn_protocol().map(<[u8]>::to_vec),
+                ))
+            }
+        }
+    }
 }
 
 /// A TCP stream that keeps the first bytes the target sent, so a failed handshake can tell

@@ -163,21 +163,20 @@ async fn check_says_a_tls_port_is_configured_as_plain_http() {
         tls.addr
     );
     assert!(out.contains(&want), "{out}");
-    // The same port under `protocol = "https"` is as configured: no finding.
     let https = config_file(
         "tls-https",
         &[tls.addr.to_string()],
         "protocol = \"https\"\ninsecure_skip_verify = true",
         "",
     );
+    // Under `protocol = "https"` the port gets a real handshake (the gateway's connector), and
+    // this one ends every handshake with an alert: named as the gateway would answer it.
     let (code, out, _) = gatewise(&["check", https.to_str().unwrap()]).await;
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("speaks TLS, as configured"), "{out}");
-    // `doctor https://…` expects TLS: no finding on that layer.
-    let url = format!("https://{}/", tls.addr);
-    let (code, out, _) = gatewise(&["doctor", &url]).await;
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("speaks TLS, as configured"), "{out}");
+    assert_eq!(code, 1, "{out}");
+    let want = format!("the TLS handshake with {} (server name 127.0.0.1) failed: target ended the handshake (alert UnexpectedMessage)", tls.addr);
+    assert!(out.contains(&want), "{out}");
+    assert!(out.contains("502 tls_protocol_error"), "{out}");
+    assert!(!out.contains("configured as plain HTTP"), "{out}");
     // The reverse: TLS expected, plain HTTP answers.
     let plain = upstream::ok("hi").await;
     let url = format!("https://{}/", plain.addr);
@@ -412,4 +411,79 @@ async fn check_finds_tls_behind_a_port_silent_to_plain_http() {
         tls.addr
     );
     assert!(out.contains(&want), "{out}");
+}
+
+/// A TLS upstream whose certificate, for `upstream.test`, is signed by a test CA written to a
+/// file; the config trusts that CA (`ca_file`) and sends that name (`sni`), as a gateway would.
+async fn tls_target(
+    name: &str,
+    health: &str,
+) -> (
+    crate::support::tls::TlsUpstream,
+    crate::support::tls::TempDir,
+    PathBuf,
+) {
+    use crate::support::tls::{tls_upstream, TempDir, TestCa};
+    let dir = TempDir::new();
+    let ca = TestCa::new("doctor test ca");
+    let up = tls_upstream(&ca.issue(&["upstream.test"]), None).await;
+    let ca_file = dir.write("ca.pem", &ca.cert_pem);
+    let tls = format!(
+        "protocol = \"https\"\nca_file = {:?}\nsni = \"upstream.test\"\n[upstream.app.health]\npath = \"{health}\"\n",
+        ca_file.display().to_string()
+    );
+    let file = config_file(name, &[up.addr.to_string()], &tls, "");
+    (up, dir, file)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_exchanges_http_over_tls_through_the_gateways_connector() {
+    // Was: an https upstream got no HTTP exchange and no health verdict at all ("the exchange
+    // over TLS is not probed yet"); the dial now goes through the pool's connector.
+    let (up, _dir, file) = tls_target("tls-health", "/status/503").await;
+    let (code, out, _) = gatewise(&["doctor", "--config", file.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "{out}");
+    let addr = up.addr;
+    for want in [
+        format!("{addr} speaks TLS, as configured: TLSv1.3 handshake with server name upstream.test, ALPN http/1.1"),
+        "h2 not checked".to_string(),
+        format!("the health check GET /status/503 on {addr} answers 503, outside the expected 200-399"),
+        // The doctor's measurements ran over TLS too.
+        "sequential GET /".to_string(),
+    ] {
+        assert!(out.contains(&want), "missing {want:?} in\n{out}");
+    }
+    assert!(
+        up.handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "{out}"
+    );
+
+    // A healthy one: the health verdict over TLS is a fact, and `check` exits clean.
+    let (up, _dir, file) = tls_target("tls-ok", "/ready").await;
+    let (code, out, _) = gatewise(&["check", file.to_str().unwrap()]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("GET /ready: HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains(&format!("{} speaks TLS, as configured", up.addr)),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_the_certificate_problem_with_the_upstreams_tls_settings() {
+    use crate::support::tls::{tls_upstream, TestCa};
+    let ca = TestCa::new("untrusted ca");
+    let up = tls_upstream(&ca.issue(&["upstream.test"]), None).await;
+    // The system's roots do not know the test CA: what the gateway would answer 502 for.
+    let tls = "protocol = \"https\"\nsni = \"upstream.test\"\n";
+    let file = config_file("tls-untrusted", &[up.addr.to_string()], tls, "");
+    let (code, out, _) = gatewise(&["check", file.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "{out}");
+    let want = format!(
+        "the TLS handshake with {} (server name upstream.test) failed:",
+        up.addr
+    );
+    assert!(out.contains(&want), "{out}");
+    assert!(out.contains("unknown issuer"), "{out}");
+    assert!(out.contains("502 tls_certificate_error"), "{out}");
 }

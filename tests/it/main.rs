@@ -6,6 +6,7 @@ mod acme;
 mod admin;
 mod balance;
 mod chaos;
+mod client_h1;
 mod config;
 mod demo;
 mod discovery_dns;

@@ -45,6 +45,8 @@ pub async fn doctor(
         let expect = Expect {
             upstream: who.clone(),
             tls,
+            // nginx does not verify an upstream's certificate unless proxy_ssl_verify is on.
+            tls_client: tls.then(|| target::default_tls_client(true)),
             health: None,
             path: "/".into(),
             connect_timeout: Duration::from_secs(2),

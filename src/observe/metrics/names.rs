@@ -79,6 +79,10 @@ pub const CLIENT_CONNECTIONS: &str = "gatewise_client_connections_total";
 pub const CLIENT_CONNECTIONS_HELP: &str =
     "Client connections accepted, by listener and the protocol the client chose: h1 (HTTP/1.x) or h2 (HTTP/2 by ALPN or h2c prior knowledge)";
 
+pub const CLIENT_HEADER_TIMEOUTS: &str = "gatewise_client_header_timeouts_total";
+pub const CLIENT_HEADER_TIMEOUTS_HELP: &str =
+    "HTTP/1 client connections that began a request head and did not complete it within header_read_timeout (answered 408 and closed), by listener";
+
 pub const RELOADS: &str = "gatewise_config_reloads_total";
 pub const RELOADS_HELP: &str =
     "Config reloads by result: ok (a new snapshot serves) or failed (the running config was kept)";

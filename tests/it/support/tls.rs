@@ -135,7 +135,7 @@ fn certs(pem: &str) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
-/// A TLS upstream serving HTTP/1.1: answers 200 with `x-client-cert: yes|no` (whether the
+/// A TLS upstream serving HTTP/1.1: answers 200 (or NNN on a path `/status/NNN`) with `x-client-cert: yes|no` (whether the
 /// client presented a certificate) and the request's path as body. With `client_ca`, a client
 /// certificate signed by it is required.
 pub struct TlsUpstream {
@@ -171,7 +171,9 @@ pub async fn tls_upstream(server: &Pem, client_ca: Option<&str>) -> TlsUpstream 
         None => builder.with_no_client_auth(),
     };
     let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
-    let config = builder.with_single_cert(certs(&server.cert), key).unwrap();
+    let mut config = builder.with_single_cert(certs(&server.cert), key).unwrap();
+    // As HTTP/1.1 servers do (nginx, Caddy): a client offering ALPN gets `http/1.1` chosen.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -197,8 +199,13 @@ pub async fn tls_upstream(server: &Pem, client_ca: Option<&str>) -> TlsUpstream 
                         .cloned()
                         .unwrap_or(http::HeaderValue::from_static("-"));
                     let _ = req.into_body().collect().await;
+                    let status = path
+                        .strip_prefix("/status/")
+                        .and_then(|s| s.parse::<u16>().ok())
+                        .unwrap_or(200);
                     Ok::<_, std::convert::Infallible>(
                         Response::builder()
+                            .status(status)
                             .header("x-client-cert", if presented { "yes" } else { "no" })
                             .header("x-echo-x-forwarded-proto", proto)
                             .body(Full::new(Bytes::from(path)))
