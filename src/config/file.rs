@@ -131,6 +131,8 @@ pub struct RawUpstream {
     pub client_cert: Option<Str>,
     pub client_key: Option<Str>,
     pub insecure_skip_verify: Option<Spanned<bool>>,
+    pub h2_max_streams: Option<Spanned<u32>>,
+    pub h2_max_connections: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -46,6 +46,7 @@ pub fn expectations(config: &Config) -> Vec<(String, Expect)> {
                     upstream: name.clone(),
                     // `protocol = "https"`: the port must speak TLS.
                     tls: up.tls.is_some(),
+                    h2c: up.protocol == crate::config::UpstreamProtocol::H2c,
                     health: health.clone(),
                     path: "/".to_string(),
                     connect_timeout: up.connect_timeout,
@@ -232,6 +233,7 @@ pub fn from_url(url: &str) -> Result<(String, Expect), String> {
         Expect {
             upstream: "default".to_string(),
             tls,
+            h2c: false,
             health: None,
             path: path.to_string(),
             connect_timeout: up.connect_timeout,

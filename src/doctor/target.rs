@@ -16,6 +16,8 @@ pub struct Expect {
     pub upstream: String,
     /// The config says TLS (`https://` URL; `protocol = "https"` once upstream TLS lands).
     pub tls: bool,
+    /// `protocol = "h2c"`: the port must speak HTTP/2 with prior knowledge.
+    pub h2c: bool,
     /// `GET path` with the accepted status range, when the upstream has an HTTP health check.
     pub health: Option<(String, (u16, u16))>,
     /// Path of the full exchange (`doctor URL`'s path, `/` otherwise).
@@ -169,6 +171,10 @@ async fn http_layers(
         .health
         .as_ref()
         .map_or(expect.path.as_str(), |(p, _)| p.as_str());
+    if expect.h2c {
+        h2c_layer(r, target, expect, addr, stream, path, deadline).await;
+        return;
+    }
     let first = probe::exchange(&mut stream, host, path, deadline).await;
     let first = match first {
         Ok(ex) => ex,
@@ -321,6 +327,71 @@ async fn main_exchange(
     Some((stream, ex))
 }
 
+/// An `h2c` upstream: `GET path` as HTTP/2 with prior knowledge, and the health range. The
+/// HTTP/1.1 measurements (idle timeout, latency sample) are not made over HTTP/2 yet.
+async fn h2c_layer(
+    r: &mut Report,
+    target: &str,
+    expect: &Expect,
+    addr: SocketAddr,
+    stream: tokio::net::TcpStream,
+    path: &str,
+    deadline: Duration,
+) {
+    use http_body_util::Empty;
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{target}{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("a valid check request");
+        sender.send_request(req).await
+    };
+    let status = match tokio::time::timeout(deadline, exchange).await {
+        Ok(Ok(resp)) => resp.status().as_u16(),
+        Ok(Err(e)) => {
+            r.finding(
+                Layer::Http,
+                target,
+                format!("{addr} does not speak HTTP/2 with prior knowledge (GET {path}: {e}) but upstream {} has protocol = \"h2c\"", expect.upstream),
+                "use protocol = \"http1\" if the app speaks HTTP/1.1, or point the target at its h2c port",
+            );
+            return;
+        }
+        Err(_) => {
+            r.finding(
+                Layer::Http,
+                target,
+                format!(
+                    "{addr} did not answer GET {path} over h2c within {}ms",
+                    deadline.as_millis()
+                ),
+                "check that the app answers on this port",
+            );
+            return;
+        }
+    };
+    r.fact(
+        Layer::Http,
+        target,
+        format!("GET {path} over h2c: {status}"),
+    );
+    if let Some((hpath, (lo, hi))) = &expect.health {
+        if !(*lo..=*hi).contains(&status) {
+            r.finding(
+                Layer::Health,
+                target,
+                format!("the health check GET {hpath} on {addr} answers {status}, outside the expected {lo}-{hi}: the target is marked unhealthy and gets no traffic"),
+                format!("make {hpath} answer {lo}-{hi} when the app is ready, or correct health.path / health.expected_status of upstream {}", expect.upstream),
+            );
+        }
+    }
+}
+
 fn tls_answer(r: &mut Report, target: &str, expect: &Expect, addr: SocketAddr) {
     if expect.tls {
         r.fact(
@@ -355,6 +426,7 @@ mod tests {
         Expect {
             upstream: "app".into(),
             tls: false,
+            h2c: false,
             health: None,
             path: "/".into(),
             connect_timeout: Duration::from_secs(1),

@@ -18,6 +18,7 @@ mod health;
 mod hold;
 mod http2;
 mod http2_limits;
+mod http2_upstream;
 mod idle;
 mod metrics;
 mod proxy;

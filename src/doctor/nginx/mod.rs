@@ -45,6 +45,7 @@ pub async fn doctor(
         let expect = Expect {
             upstream: who.clone(),
             tls,
+            h2c: false,
             health: None,
             path: "/".into(),
             connect_timeout: Duration::from_secs(2),

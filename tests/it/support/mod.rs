@@ -1,6 +1,8 @@
 //! Test fixtures: mock upstreams with scripted behaviour, a gateway on port 0, a client, and
 //! the captured access log.
 
+pub mod goaway_proxy;
+pub mod h2_upstream;
 pub mod node;
 pub mod tls;
 pub mod traffic;
