@@ -13,6 +13,7 @@ mod drain;
 mod explain;
 mod failover;
 mod framing;
+mod grpc;
 mod hardening;
 mod health;
 mod hold;
