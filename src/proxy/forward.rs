@@ -65,6 +65,7 @@ pub async fn handle(
     request::from_h2(&mut head);
     // Read before the hop-by-hop headers go.
     let upgrade_asked = upgrade::requested(&head.headers);
+    let accepts_trailers = request::accepts_trailers(&head);
     let invalid = request::validate(&head).err();
     // One authority for everything below: routing, Host upstream, X-Forwarded-Host,
     // Forwarded host= and the access log.
@@ -178,14 +179,13 @@ pub async fn handle(
     log.bytes_in = body.known_len(&head);
     let length = body.length(&head);
     super::framing::request(&mut head.headers, length);
-    forward(
-        &route,
-        request::upstream_head(head),
-        &mut body,
-        log,
-        upgrade,
-    )
-    .await
+    let mut head = request::upstream_head(head);
+    if accepts_trailers {
+        // Our hop's own `TE` (the client's was hop-by-hop): we relay trailers, so may get them.
+        head.headers
+            .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    forward(&route, head, &mut body, log, upgrade).await
 }
 
 /// The attempt loop of one routed request.

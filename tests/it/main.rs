@@ -19,6 +19,7 @@ mod health;
 mod hold;
 mod http2;
 mod http2_limits;
+mod http2_translate;
 mod http2_upstream;
 mod idle;
 mod metrics;

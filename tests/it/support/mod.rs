@@ -1,6 +1,7 @@
 //! Test fixtures: mock upstreams with scripted behaviour, a gateway on port 0, a client, and
 //! the captured access log.
 
+pub mod bodies;
 pub mod goaway_proxy;
 pub mod h2_upstream;
 pub mod node;
