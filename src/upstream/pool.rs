@@ -333,6 +333,18 @@ impl TargetPool {
             .connect(&self.endpoint)
             .await?;
         let speaks_h2 = self.endpoint.speaks_h2(&stream);
+        if !speaks_h2 && self.settings.protocol == UpstreamProtocol::H2 {
+            // Never a silent fall back to HTTP/1.1 on an upstream configured for HTTP/2.
+            return Err(UpstreamError::before_send(
+                Cause::TlsProtocolError,
+                Phase::Connect,
+                format!(
+                    "{}: the target did not choose h2 in ALPN; protocol = \"h2\" is set \
+                     (\"auto\" accepts http/1.1)",
+                    self.endpoint.addr
+                ),
+            ));
+        }
         let (io, stats) = CountingIo::new(stream);
         if speaks_h2 {
             let Some(h2) = &self.h2 else {
