@@ -66,6 +66,19 @@ struct TunnelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    route: Arc<str>,
+    client: &'static str,
+    upstream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    route: Arc<str>,
+    grpc_status: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
     listener: String,
     protocol: &'static str,
@@ -98,6 +111,8 @@ struct Families {
     tunnels_open: Family<RouteLabels, Gauge>,
     tunnels: Family<TunnelLabels, Counter>,
     client_connections: Family<ConnectionLabels, Counter>,
+    protocols: Family<ProtocolLabels, Counter>,
+    grpc: Family<GrpcLabels, Counter>,
 }
 
 /// The gateway's registry, and what route handles are built from.
@@ -168,6 +183,16 @@ impl Metrics {
             counter_base(CLIENT_CONNECTIONS),
             CLIENT_CONNECTIONS_HELP,
             f.client_connections.clone(),
+        );
+        registry.register(
+            counter_base(PROTOCOL_REQUESTS),
+            PROTOCOL_REQUESTS_HELP,
+            f.protocols.clone(),
+        );
+        registry.register(
+            counter_base(GRPC_RESPONSES),
+            GRPC_RESPONSES_HELP,
+            f.grpc.clone(),
         );
         let list: Vec<Arc<Upstream>> = upstreams.into_iter().cloned().collect();
         let upstreams: upstream::UpstreamList = Arc::new(arc_swap::ArcSwap::from_pointee(list));

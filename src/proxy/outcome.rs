@@ -94,6 +94,10 @@ impl RequestLog {
         if let Some(m) = &self.metrics {
             let handled = self.tunnel.map_or(elapsed, |t| t.handshake);
             m.request(self.status, cause, handled);
+            m.protocols(self.protocol, self.upstream_protocol);
+            if let Some(grpc_status) = self.grpc_status {
+                m.grpc_status(grpc_status);
+            }
         }
         if !self.log.enabled() {
             return;

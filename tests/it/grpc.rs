@@ -162,7 +162,9 @@ fn h2c_gateway_config(target: SocketAddr) -> gatewise::config::Config {
 #[tokio::test]
 async fn unary_calls_pass_with_status_metadata_and_trailers_untouched() {
     let (up, _task) = grpc_upstream(Duration::ZERO).await;
-    let gw = support::start(h2c_gateway_config(up)).await;
+    let mut c = h2c_gateway_config(up);
+    c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    let gw = support::start(c).await;
     let mut client = grpc_client(gw.addr);
 
     let resp = unary(&mut client, tonic::Request::new(echo("hello", 41)))
@@ -182,7 +184,21 @@ async fn unary_calls_pass_with_status_metadata_and_trailers_untouched() {
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     assert_eq!(err.message(), "no such thing");
     assert_eq!(err.metadata().get("x-detail").unwrap(), "from-upstream");
-    assert_eq!(gw.next_log()["grpc_status"], 5);
+    let line = gw.next_log();
+    assert_eq!(line["grpc_status"], 5);
+
+    // Counted by the protocol of each side and by grpc-status.
+    let route = line["route"].as_str().unwrap().to_string();
+    let metrics = format!("http://{}/metrics", gw.admin.unwrap());
+    let (_, body) = support::get(&support::client(), &metrics).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for want in [
+        format!("gatewise_requests_by_protocol_total{{route=\"{route}\",client=\"h2\",upstream=\"h2\"}} 2"),
+        format!("gatewise_grpc_responses_total{{route=\"{route}\",grpc_status=\"0\"}} 1"),
+        format!("gatewise_grpc_responses_total{{route=\"{route}\",grpc_status=\"5\"}} 1"),
+    ] {
+        assert!(text.contains(&want), "missing {want} in\n{text}");
+    }
 }
 
 #[tokio::test]

@@ -79,6 +79,14 @@ pub const CLIENT_CONNECTIONS: &str = "gatewise_client_connections_total";
 pub const CLIENT_CONNECTIONS_HELP: &str =
     "Client connections accepted, by listener and the protocol the client chose: h1 (HTTP/1.x) or h2 (HTTP/2 by ALPN or h2c prior knowledge)";
 
+pub const PROTOCOL_REQUESTS: &str = "gatewise_requests_by_protocol_total";
+pub const PROTOCOL_REQUESTS_HELP: &str =
+    "Client requests by route, the protocol the client spoke (h1, h2) and the one gatewise spoke to the target that answered (h1, h2; none when no target answered)";
+
+pub const GRPC_RESPONSES: &str = "gatewise_grpc_responses_total";
+pub const GRPC_RESPONSES_HELP: &str =
+    "gRPC calls by route and the grpc-status the client got (the upstream's, or the one gatewise answered with)";
+
 pub const RELOADS: &str = "gatewise_config_reloads_total";
 pub const RELOADS_HELP: &str =
     "Config reloads by result: ok (a new snapshot serves) or failed (the running config was kept)";
