@@ -43,6 +43,8 @@ pub struct H2Conns {
     seen_h2: AtomicBool,
     conns: Mutex<Vec<Arc<Shared>>>,
     dial: tokio::sync::Mutex<()>,
+    /// The latest failed dial, for the requests that waited on it.
+    last_failure: Mutex<Option<(Instant, UpstreamError)>>,
 }
 
 struct Shared {
@@ -109,6 +111,7 @@ impl H2Conns {
             seen_h2: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             dial: tokio::sync::Mutex::new(()),
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -144,6 +147,19 @@ impl H2Conns {
 
     pub async fn dialing(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.dial.lock().await
+    }
+
+    /// A dial (made holding [`H2Conns::dialing`]) failed.
+    pub fn dial_failed(&self, err: &UpstreamError) {
+        *self.last_failure.lock().expect("h2 dial lock") = Some((Instant::now(), err.clone()));
+    }
+
+    /// The failure of a dial that ended after `since` (one this request waited for).
+    pub fn failed_since(&self, since: Instant) -> Option<UpstreamError> {
+        match &*self.last_failure.lock().expect("h2 dial lock") {
+            Some((at, err)) if *at >= since => Some(err.clone()),
+            _ => None,
+        }
     }
 
     /// Live connections.
@@ -377,6 +393,20 @@ mod tests {
         shape_h2(&mut t, &Scheme::HTTPS);
         assert_eq!(t.headers()[header::TE], "trailers");
         assert_eq!(t.uri().to_string(), "https://a/");
+    }
+
+    #[test]
+    fn requests_that_waited_on_a_failed_dial_share_its_failure() {
+        let conns = H2Conns::new(100, 4, true);
+        let asked = Instant::now();
+        assert!(conns.failed_since(asked).is_none());
+        let err = UpstreamError::before_send(Cause::ConnectionTimeout, Phase::Connect, "t");
+        conns.dial_failed(&err);
+        assert_eq!(conns.failed_since(asked), Some(err));
+        // A request that came after that failure dials again.
+        let later = Instant::now() + Duration::from_millis(5);
+        assert!(conns.failed_since(later).is_none());
+        assert!(conns.take().is_none() && conns.is_empty());
     }
 
     #[test]

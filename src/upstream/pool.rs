@@ -315,9 +315,15 @@ impl TargetPool {
     pub async fn connect(&self) -> Result<Conn, UpstreamError> {
         // HTTP/2: one dial at a time per target, so a burst of requests shares one new
         // connection instead of opening one each.
-        let _dialing = match &self.h2 {
+        let dialing = match &self.h2 {
             Some(h2) if h2.dials_serially() => {
+                let asked = Instant::now();
                 let guard = h2.dialing().await;
+                // The dial this request waited for failed: fail alike at once rather than dial
+                // again in turn (a black-holed target would make every waiter pay a timeout).
+                if let Some(err) = h2.failed_since(asked) {
+                    return Err(err);
+                }
                 if let Some(slot) = h2.take() {
                     return Ok(Conn {
                         stats: slot.stats().clone(),
@@ -329,9 +335,18 @@ impl TargetPool {
             }
             _ => None,
         };
-        let stream = Connector::new(self.settings.connect_timeout)
+        let stream = match Connector::new(self.settings.connect_timeout)
             .connect(&self.endpoint)
-            .await?;
+            .await
+        {
+            Ok(stream) => stream,
+            Err(err) => {
+                if let (Some(h2), Some(_)) = (&self.h2, &dialing) {
+                    h2.dial_failed(&err);
+                }
+                return Err(err);
+            }
+        };
         let speaks_h2 = self.endpoint.speaks_h2(&stream);
         if !speaks_h2 && self.settings.protocol == UpstreamProtocol::H2 {
             // Never a silent fall back to HTTP/1.1 on an upstream configured for HTTP/2.
