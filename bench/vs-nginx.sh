@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # gatewise vs nginx as a reverse proxy: req/s, p99, proxy CPU per request, memory; over plain
 # HTTP, over HTTPS (TLS terminated by the proxy, keep-alive), and with a new TLS connection per
-# request (handshakes/s and CPU per handshake).
+# request (handshakes/s and CPU per handshake); and HTTP/2 from the client (h2c and h2 over
+# TLS, with h2load), both proxies speaking HTTP/1.1 to the same upstream (nginx cannot speak
+# HTTP/2 to upstreams except through grpc_pass).
 #
 # Both proxies run one worker pinned to core $PROXY_CPU, in front of the same upstream (an nginx
 # answering a small body with `return 200`, so it does no file I/O); wrk and the upstream share
@@ -14,6 +16,10 @@
 #                       HTTPS with `Connection: close` (one full handshake per request). Both
 #                       proxies use the same ECDSA P-256 certificate and offer TLS 1.2 + 1.3;
 #                       wrk (OpenSSL) negotiates TLS 1.3 and resumes no session.
+#                       Also: h2c (HTTP/2 prior knowledge, plain) and h2 (HTTP/2 by ALPN over
+#                       TLS), run with h2load -c$H2_CLIENTS -m$H2_STREAMS (nghttp2-client); h2load
+#                       reports no p99, so the p99 column shows its mean time per request.
+#   H2_CLIENTS=10  H2_STREAMS=10   h2load's connections and concurrent streams per connection
 #   IDLE_CONNS=1000     idle keep-alive client connections for the memory figure
 #   ACCESS_LOG=off      off: both proxies log nothing; on: both append to a file in the temp dir
 #   PROXY_CPU=1  LOAD_CPU=0
@@ -29,6 +35,8 @@ IDLE_CONNS=${IDLE_CONNS:-1000}
 ACCESS_LOG=${ACCESS_LOG:-off}
 CASES=${CASES:-http https handshake}
 PROXY_CPU=${PROXY_CPU:-1}
+H2_CLIENTS=${H2_CLIENTS:-10}
+H2_STREAMS=${H2_STREAMS:-10}
 LOAD_CPU=${LOAD_CPU:-0}
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +49,7 @@ command -v nginx >/dev/null || need_apt+=(nginx-light)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v taskset >/dev/null || need_apt+=(util-linux)
 command -v openssl >/dev/null || need_apt+=(openssl)
+[[ " $CASES " != *" h2"* ]] || command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 if ((${#need_apt[@]})); then
     echo "installing ${need_apt[*]}" >&2
     sudo_cmd=""
@@ -86,13 +95,15 @@ wait_port() {
     done
 }
 
-# Five distinct free ports: upstream, gatewise plain + TLS, nginx plain + TLS.
+# Seven distinct free ports: upstream, gatewise plain + TLS (HTTP/1.1 and HTTP/2 on each),
+# nginx plain + TLS, nginx h2c + h2 (nginx 1.22 takes `http2` per listen socket).
 ports=()
-while ((${#ports[@]} < 5)); do
+while ((${#ports[@]} < 7)); do
     p=$(free_port)
     [[ " ${ports[*]} " == *" $p "* ]] || ports+=("$p")
 done
 up_port=${ports[0]} gw_port=${ports[1]} gw_tls_port=${ports[2]} ng_port=${ports[3]} ng_tls_port=${ports[4]}
+ng_h2c_port=${ports[5]} ng_h2_port=${ports[6]}
 
 # One throwaway certificate for both proxies (ECDSA P-256, as most sites serve today).
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
@@ -185,6 +196,8 @@ http {
     server {
         listen 127.0.0.1:$ng_port;
         listen 127.0.0.1:$ng_tls_port ssl;
+        listen 127.0.0.1:$ng_h2c_port http2;
+        listen 127.0.0.1:$ng_h2_port ssl http2;
         ssl_certificate $work/bench.pem;
         ssl_certificate_key $work/bench.key;
         location / {
@@ -212,6 +225,8 @@ wait_port "$gw_port"
 wait_port "$ng_port"
 wait_port "$gw_tls_port"
 wait_port "$ng_tls_port"
+wait_port "$ng_h2c_port"
+wait_port "$ng_h2_port"
 echo "upstream :$up_port  gatewise :$gw_port/:$gw_tls_port (pid $gw_pid)  nginx :$ng_port/:$ng_tls_port (pid $ng_pid)  access log: $ACCESS_LOG" >&2
 for p in "$gw_tls_port" "$ng_tls_port"; do
     echo "TLS on :$p: $(openssl s_client -connect "127.0.0.1:$p" -servername bench.test </dev/null 2>/dev/null | awk '/^New,/ {sub(",", "", $2); print $2, $5; exit}')" >&2
@@ -265,6 +280,29 @@ run_one() { # case name pid url round [extra wrk args...]
     echo "$kase $name $rps $p99 $cpu_us" >>"$results"
 }
 
+run_h2() { # case name pid url round
+    local kase=$1 name=$2 pid=$3 url=$4 round=$5 out before after
+    taskset -c "$LOAD_CPU" h2load -t1 -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "${WARMUP%s}" "$url" >/dev/null
+    before=$(cpu_ticks "$pid")
+    out=$(taskset -c "$LOAD_CPU" h2load -t1 -c"$H2_CLIENTS" -m"$H2_STREAMS" -D "${DURATION%s}" "$url")
+    after=$(cpu_ticks "$pid")
+    local reqs rps mean bad cpu_us
+    reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
+    rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+    mean=$(to_ms "$(awk '/^time for request:/ {print $6}' <<<"$out")")
+    bad=$(awk '/^requests:/ && ($10 + $12 + $14) > 0 {printf "failed %s errored %s timeout %s", $10, $12, $14}' <<<"$out")
+    # "status codes: N 2xx, N 3xx, N 4xx, N 5xx"
+    bad="$bad$(awk '/^status codes:/ && ($5 + $7 + $9) > 0 {printf " 3xx %s 4xx %s 5xx %s", $5, $7, $9}' <<<"$out")"
+    if [ -z "$reqs" ] || [ "$reqs" = 0 ]; then
+        echo "$kase $name: h2load finished no request:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$reqs" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
+    printf "%-9s %-9s run %d: %10s req/s  mean %7s ms  cpu/req %7s us  %s\n" "$kase" "$name" "$round" "$rps" "$mean" "$cpu_us" "$bad"
+    echo "$kase $name $rps $mean $cpu_us" >>"$results"
+}
+
 echo "== throughput: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP), proxy on cpu $PROXY_CPU, wrk+upstream on cpu $LOAD_CPU"
 for kase in $CASES; do
     case $kase in
@@ -273,11 +311,21 @@ for kase in $CASES; do
         # One request per connection: every request pays a full TLS handshake (wrk resumes no
         # session), so req/s is handshakes/s and cpu/req is CPU per handshake (+ one request).
         handshake) gw_url="https://127.0.0.1:$gw_tls_port/" ng_url="https://127.0.0.1:$ng_tls_port/" extra=(-H "Connection: close") ;;
-        *) echo "unknown case $kase (expected http, https, handshake)" >&2; exit 2 ;;
+        h2c) gw_url="http://127.0.0.1:$gw_port/" ng_url="http://127.0.0.1:$ng_h2c_port/" ;;
+        h2) gw_url="https://127.0.0.1:$gw_tls_port/" ng_url="https://127.0.0.1:$ng_h2_port/" ;;
+        *) echo "unknown case $kase (expected http, https, handshake, h2c, h2)" >&2; exit 2 ;;
     esac
     for round in $(seq "$REPEATS"); do
-        run_one "$kase" gatewise "$gw_pid" "$gw_url" "$round" "${extra[@]}"
-        run_one "$kase" nginx "$ng_pid" "$ng_url" "$round" "${extra[@]}"
+        case $kase in
+            h2c | h2)
+                run_h2 "$kase" gatewise "$gw_pid" "$gw_url" "$round"
+                run_h2 "$kase" nginx "$ng_pid" "$ng_url" "$round"
+                ;;
+            *)
+                run_one "$kase" gatewise "$gw_pid" "$gw_url" "$round" "${extra[@]}"
+                run_one "$kase" nginx "$ng_pid" "$ng_url" "$round" "${extra[@]}"
+                ;;
+        esac
     done
 done
 

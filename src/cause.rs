@@ -161,6 +161,9 @@ pub struct UpstreamError {
     pub response_bytes: bool,
     /// Was the attempt made on a pooled (reused) connection?
     pub reused: bool,
+    /// The upstream said it did not process the request: an HTTP/2 stream it refused
+    /// (`REFUSED_STREAM`) or one above the last-stream-id of its GOAWAY (RFC 9113 §8.7).
+    pub unprocessed: bool,
     /// Short human detail, e.g. the target address or the limit that was hit.
     pub detail: String,
 }
@@ -174,6 +177,7 @@ impl UpstreamError {
             request_sent: false,
             response_bytes: false,
             reused: false,
+            unprocessed: false,
             detail: detail.into(),
         }
     }

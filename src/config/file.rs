@@ -167,6 +167,8 @@ pub struct RawUpstream {
     pub discovery: Option<Spanned<toml::Value>>,
     pub dns_interval: Option<Str>,
     pub dns_nameserver: Option<Str>,
+    pub h2_max_streams: Option<Spanned<u32>>,
+    pub h2_max_connections: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -304,11 +304,17 @@ pub struct UpstreamConfig {
     pub outage_hold: Duration,
     /// Requests held at once per upstream; more are answered 503 at once.
     pub outage_hold_queue: usize,
-    /// `protocol = "https"`: TLS to every target; `None` is plain HTTP/1.1.
+    /// `protocol = "https"`, `"h2"` or `"auto"`: TLS to every target; `None` is plain.
     pub tls: Option<UpstreamTlsConfig>,
     /// Where the targets come from: the `targets` list as written (static), or a discovery
     /// source that replaces the list while serving (`src/discovery`).
     pub discovery: Discovery,
+    /// What gatewise speaks to the targets (`protocol`).
+    pub protocol: UpstreamProtocol,
+    /// HTTP/2: concurrent streams gatewise opens on one connection before it opens another.
+    pub h2_max_streams: u32,
+    /// HTTP/2: connections per target at most; past them, streams queue on the least busy one.
+    pub h2_max_connections: u32,
 }
 
 /// An upstream's `discovery` key. A running upstream's `targets` are the discovered set; the
@@ -360,6 +366,46 @@ pub struct DnsDiscovery {
     /// Ask this nameserver (`dns_nameserver = "10.0.0.2:53"`) instead of the system's
     /// (`/etc/resolv.conf`).
     pub nameserver: Option<SocketAddr>,
+}
+
+/// `protocol` of an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over plain TCP (the default).
+    Http1,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 with prior knowledge over plain TCP.
+    H2c,
+    /// HTTP/2 over TLS (ALPN `h2` only).
+    H2,
+    /// TLS; ALPN decides per connection (`h2` preferred, else `http/1.1`).
+    Auto,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Https => "https",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+            UpstreamProtocol::Auto => "auto",
+        }
+    }
+
+    /// Whether every connection to the targets speaks HTTP/2 (`h2c`, `h2`).
+    pub fn always_h2(self) -> bool {
+        matches!(self, UpstreamProtocol::H2c | UpstreamProtocol::H2)
+    }
+
+    /// Whether connections to the targets speak TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(
+            self,
+            UpstreamProtocol::Https | UpstreamProtocol::H2 | UpstreamProtocol::Auto
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -451,6 +497,8 @@ pub mod defaults {
     pub const ACME_STAGING_DIRECTORY: &str =
         "https://acme-staging-v02.api.letsencrypt.org/directory";
     pub const ACME_RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+    pub const H2_MAX_STREAMS: u32 = 100;
+    pub const H2_MAX_CONNECTIONS: u32 = 4;
 }
 
 /// The name of a route whose config gives none: its host pattern and path prefix.
@@ -527,6 +575,9 @@ impl UpstreamConfig {
             outage_hold_queue: defaults::OUTAGE_HOLD_QUEUE,
             tls: None,
             discovery: Discovery::Static,
+            protocol: UpstreamProtocol::Http1,
+            h2_max_streams: defaults::H2_MAX_STREAMS,
+            h2_max_connections: defaults::H2_MAX_CONNECTIONS,
         }
     }
 }

@@ -234,7 +234,7 @@ per_try_timeout = "2s" # <- error
 retries = "two" # <- error
 [upstream.app]
 targets = ["127.0.0.1", "app:80"] # <- error
-protocol = "h2c" # <- error
+protocol = "h3" # <- error
 panic_threshold = 150 # <- error
 outage_hold = "soon" # <- error
 [upstream.app.health]
@@ -275,7 +275,9 @@ fn every_error_is_reported_with_its_line() {
     let protocol = errors.iter().find(|e| e.line == 15).unwrap();
     assert_eq!(protocol.column, 12);
     assert!(
-        protocol.message.contains("not supported yet"),
+        protocol
+            .message
+            .contains("\"h2c\", \"h2\" or \"auto\", got \"h3\""),
         "{}",
         protocol.message
     );

@@ -180,7 +180,11 @@ pub(super) fn upstream_tls(
         ];
         for (key, span) in spans {
             if let Some(span) = span {
-                cx.err(span, &f(key), "only applies with protocol = \"https\"");
+                cx.err(
+                    span,
+                    &f(key),
+                    "only applies with protocol = \"https\", \"h2\" or \"auto\"",
+                );
             }
         }
         return None;

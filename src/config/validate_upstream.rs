@@ -12,11 +12,8 @@ use super::validate::Cx;
 use super::validate_tls;
 use super::{
     defaults, values, Balance, Discovery, DnsDiscovery, HealthCheckKind, HealthConfig,
-    PassiveConfig, UpstreamConfig,
+    PassiveConfig, UpstreamConfig, UpstreamProtocol,
 };
-
-/// Protocols the spec names for later; refused with a clear message until the pool speaks them.
-const LATER_PROTOCOLS: [&str; 2] = ["h2c", "h2"];
 
 /// Converts one upstream; `None` when its name is unusable or its body could not be read (the
 /// error is already recorded, and routes still see the name so they do not report it missing).
@@ -71,6 +68,8 @@ pub(super) fn upstream_config(
         discovery,
         dns_interval,
         dns_nameserver,
+        h2_max_streams,
+        h2_max_connections,
     } = body;
     let f = |key: &str| format!("{field}.{key}");
     let discovery = discovery_config(cx, discovery, dns_interval, dns_nameserver, &field);
@@ -131,28 +130,48 @@ pub(super) fn upstream_config(
             out
         }
     };
-    let mut https = false;
+    let mut upstream_protocol = UpstreamProtocol::Http1;
     if let Some(p) = protocol {
-        match p.get_ref().as_str() {
-            "http1" => {}
-            "https" => https = true,
-            later if LATER_PROTOCOLS.contains(&later) => {
+        upstream_protocol = match p.get_ref().as_str() {
+            "http1" => UpstreamProtocol::Http1,
+            "https" => UpstreamProtocol::Https,
+            "h2c" => UpstreamProtocol::H2c,
+            "h2" => UpstreamProtocol::H2,
+            "auto" => UpstreamProtocol::Auto,
+            other => {
                 cx.err(
                     p.span(),
                     &f("protocol"),
                     format!(
-                        "protocol {later:?} is not supported yet (HTTP/2 to upstreams comes later); \
-                         use \"http1\" or \"https\""
+                        "expected \"http1\", \"https\", \"h2c\", \"h2\" or \"auto\", \
+                         got {other:?}"
                     ),
                 );
+                UpstreamProtocol::Http1
             }
-            other => cx.err(
-                p.span(),
-                &f("protocol"),
-                format!("expected \"http1\" or \"https\", got {other:?}"),
-            ),
-        }
+        };
     }
+    let https = upstream_protocol.is_tls();
+    let positive = |cx: &mut Cx<'_>, v: Option<Spanned<u32>>, key: &str, default: u32| match v {
+        Some(v) if *v.get_ref() == 0 => {
+            cx.err(v.span(), &f(key), "must be at least 1");
+            default
+        }
+        Some(v) => v.into_inner(),
+        None => default,
+    };
+    let h2_max_streams = positive(
+        cx,
+        h2_max_streams,
+        "h2_max_streams",
+        defaults::H2_MAX_STREAMS,
+    );
+    let h2_max_connections = positive(
+        cx,
+        h2_max_connections,
+        "h2_max_connections",
+        defaults::H2_MAX_CONNECTIONS,
+    );
     let tls_keys = validate_tls::RawUpstreamTls {
         ca_file,
         sni,
@@ -225,6 +244,9 @@ pub(super) fn upstream_config(
         outage_hold_queue: outage_hold_queue.unwrap_or(defaults::OUTAGE_HOLD_QUEUE),
         tls,
         discovery,
+        protocol: upstream_protocol,
+        h2_max_streams,
+        h2_max_connections,
     };
     name_ok.then(|| (name.into_inner(), config))
 }

@@ -47,7 +47,8 @@ pub fn expectations(config: &Config) -> Vec<(String, Expect)> {
                     upstream: name.clone(),
                     // `protocol = "https"`: the port must speak TLS.
                     tls: up.tls.is_some(),
-                    tls_client: up.tls.as_ref().map(target::tls_client),
+                    tls_client: up.tls.as_ref().map(|t| target::tls_client(t, up.protocol)),
+                    h2c: up.protocol == crate::config::UpstreamProtocol::H2c,
                     health: health.clone(),
                     path: "/".to_string(),
                     connect_timeout: up.connect_timeout,
@@ -236,6 +237,7 @@ pub fn from_url(url: &str) -> Result<(String, Expect), String> {
             tls,
             // The quick form's client: the system's roots, the URL's host as server name.
             tls_client: tls.then(|| target::default_tls_client(false)),
+            h2c: false,
             health: None,
             path: path.to_string(),
             connect_timeout: up.connect_timeout,

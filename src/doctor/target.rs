@@ -10,7 +10,7 @@ use super::listening;
 use super::probe::{self, ConnectFailure, Dial, DialFailure, ExchangeError, Speaks};
 use super::report::{Layer, Report};
 use crate::cause::Cause;
-use crate::config::UpstreamTlsConfig;
+use crate::config::{UpstreamProtocol, UpstreamTlsConfig};
 use crate::upstream::connect::Stream;
 use crate::upstream::tls::TlsClient;
 
@@ -24,6 +24,8 @@ pub struct Expect {
     /// The TLS client the gateway would use for this target (CA, SNI, client certificate,
     /// ALPN), or why it cannot be built; `None` for plain targets.
     pub tls_client: Option<Result<Arc<TlsClient>, String>>,
+    /// `protocol = "h2c"`: the port must speak HTTP/2 with prior knowledge.
+    pub h2c: bool,
     /// `GET path` with the accepted status range, when the upstream has an HTTP health check.
     pub health: Option<(String, (u16, u16))>,
     /// Path of the full exchange (`doctor URL`'s path, `/` otherwise).
@@ -52,17 +54,23 @@ const CHECK_DEADLINE: Duration = Duration::from_secs(2);
 /// The client of an `https://` URL given to `doctor`: the system's roots, the host as server
 /// name; `insecure` accepts any certificate (what nginx does unless `proxy_ssl_verify on`).
 pub fn default_tls_client(insecure: bool) -> Result<Arc<TlsClient>, String> {
-    tls_client(&UpstreamTlsConfig {
-        ca_file: None,
-        sni: None,
-        client_cert: None,
-        insecure_skip_verify: insecure,
-    })
+    tls_client(
+        &UpstreamTlsConfig {
+            ca_file: None,
+            sni: None,
+            client_cert: None,
+            insecure_skip_verify: insecure,
+        },
+        UpstreamProtocol::Https,
+    )
 }
 
 /// The upstream TLS client for `cfg`, as the gateway builds it.
-pub fn tls_client(cfg: &UpstreamTlsConfig) -> Result<Arc<TlsClient>, String> {
-    TlsClient::new(cfg).map(Arc::new)
+pub fn tls_client(
+    cfg: &UpstreamTlsConfig,
+    protocol: UpstreamProtocol,
+) -> Result<Arc<TlsClient>, String> {
+    TlsClient::new(cfg, protocol).map(Arc::new)
 }
 
 /// Probes `target` (`host:port`) and returns what it found.
@@ -288,6 +296,10 @@ async fn http_layers(
         .health
         .as_ref()
         .map_or(expect.path.as_str(), |(p, _)| p.as_str());
+    if expect.h2c {
+        h2c_layer(r, target, expect, addr, stream, path, deadline).await;
+        return;
+    }
     let first = probe::exchange(&mut stream, host, path, deadline).await;
     let first = match first {
         Ok(ex) => ex,
@@ -445,6 +457,71 @@ async fn main_exchange(
 }
 
 /// A plain target whose port answered in TLS.
+/// An `h2c` upstream: `GET path` as HTTP/2 with prior knowledge, and the health range. The
+/// HTTP/1.1 measurements (idle timeout, latency sample) are not made over HTTP/2 yet.
+async fn h2c_layer(
+    r: &mut Report,
+    target: &str,
+    expect: &Expect,
+    addr: SocketAddr,
+    stream: Stream,
+    path: &str,
+    deadline: Duration,
+) {
+    use http_body_util::Empty;
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("http://{target}{path}"))
+            .body(Empty::<bytes::Bytes>::new())
+            .expect("a valid check request");
+        sender.send_request(req).await
+    };
+    let status = match tokio::time::timeout(deadline, exchange).await {
+        Ok(Ok(resp)) => resp.status().as_u16(),
+        Ok(Err(e)) => {
+            r.finding(
+                Layer::Http,
+                target,
+                format!("{addr} does not speak HTTP/2 with prior knowledge (GET {path}: {e}) but upstream {} has protocol = \"h2c\"", expect.upstream),
+                "use protocol = \"http1\" if the app speaks HTTP/1.1, or point the target at its h2c port",
+            );
+            return;
+        }
+        Err(_) => {
+            r.finding(
+                Layer::Http,
+                target,
+                format!(
+                    "{addr} did not answer GET {path} over h2c within {}ms",
+                    deadline.as_millis()
+                ),
+                "check that the app answers on this port",
+            );
+            return;
+        }
+    };
+    r.fact(
+        Layer::Http,
+        target,
+        format!("GET {path} over h2c: {status}"),
+    );
+    if let Some((hpath, (lo, hi))) = &expect.health {
+        if !(*lo..=*hi).contains(&status) {
+            r.finding(
+                Layer::Health,
+                target,
+                format!("the health check GET {hpath} on {addr} answers {status}, outside the expected {lo}-{hi}: the target is marked unhealthy and gets no traffic"),
+                format!("make {hpath} answer {lo}-{hi} when the app is ready, or correct health.path / health.expected_status of upstream {}", expect.upstream),
+            );
+        }
+    }
+}
+
 fn tls_answer(r: &mut Report, target: &str, expect: &Expect, addr: SocketAddr) {
     {
         r.finding(
@@ -474,6 +551,7 @@ mod tests {
             upstream: "app".into(),
             tls: false,
             tls_client: None,
+            h2c: false,
             health: None,
             path: "/".into(),
             connect_timeout: Duration::from_secs(1),

@@ -56,6 +56,12 @@ pub struct Record<'a> {
     pub scheme: &'static str,
     /// `h1` or `h2`: the protocol the client spoke (HTTP/1.x, or HTTP/2 by ALPN or h2c).
     pub protocol: &'static str,
+    /// `h1` or `h2`: what gatewise spoke to the target that answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_protocol: Option<&'static str>,
+    /// A gRPC request's `grpc-status` (the upstream's, or the one gatewise answered with).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
     #[serde(serialize_with = "as_millis")]
     pub duration_ms: Duration,
     pub bytes_in: u64,
@@ -291,6 +297,8 @@ mod tests {
             status: 200,
             scheme: "http",
             protocol: "h1",
+            upstream_protocol: None,
+            grpc_status: None,
             duration_ms: Duration::ZERO,
             bytes_in: 0,
             bytes_out: 0,

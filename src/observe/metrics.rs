@@ -68,6 +68,19 @@ struct TunnelLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    route: Arc<str>,
+    client: &'static str,
+    upstream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    route: Arc<str>,
+    grpc_status: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
     listener: String,
     protocol: &'static str,
@@ -103,6 +116,8 @@ struct Families {
     tunnels: Family<TunnelLabels, Counter>,
     client_connections: Family<ConnectionLabels, Counter>,
     client_header_timeouts: Family<ListenerLabels, Counter>,
+    protocols: Family<ProtocolLabels, Counter>,
+    grpc: Family<GrpcLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -185,6 +200,16 @@ impl Metrics {
             counter_base(CLIENT_HEADER_TIMEOUTS),
             CLIENT_HEADER_TIMEOUTS_HELP,
             f.client_header_timeouts.clone(),
+        );
+        registry.register(
+            counter_base(PROTOCOL_REQUESTS),
+            PROTOCOL_REQUESTS_HELP,
+            f.protocols.clone(),
+        );
+        registry.register(
+            counter_base(GRPC_RESPONSES),
+            GRPC_RESPONSES_HELP,
+            f.grpc.clone(),
         );
         let list: Vec<Arc<Upstream>> = upstreams.into_iter().cloned().collect();
         let upstreams: upstream::UpstreamList = Arc::new(arc_swap::ArcSwap::from_pointee(list));

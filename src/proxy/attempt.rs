@@ -126,12 +126,18 @@ pub struct Progress {
     pub reused: bool,
     /// Counters of the connection the request went out on, and their values before sending.
     sending: Option<(Arc<IoStats>, IoSnapshot)>,
+    /// The request went out as a stream of a shared HTTP/2 connection, whose byte counters
+    /// say nothing about this one stream.
+    h2: bool,
 }
 
 impl Progress {
     /// (request bytes written, response bytes read) since the request was handed to the connection.
     pub fn io(&self) -> (bool, bool) {
         match &self.sending {
+            // Handed to the stream: taken as sent (the safe reading); no response head yet,
+            // or the attempt would not have failed.
+            Some(_) if self.h2 => (true, false),
             Some((stats, before)) => {
                 let now = stats.snapshot();
                 (now.written > before.written, now.read > before.read)
@@ -153,6 +159,7 @@ impl Progress {
             request_sent,
             response_bytes,
             reused: self.reused,
+            unprocessed: false,
             detail,
         }
     }
@@ -187,18 +194,27 @@ pub async fn send(
             },
         };
         progress.reused = conn.reused;
-        if conn.reused && conn.sender.ready().await.is_err() {
+        progress.h2 = conn.is_h2();
+        if conn.reused && !conn.ready().await {
             continue;
         }
         progress.sending = Some((conn.stats.clone(), conn.stats.snapshot()));
-        match conn.sender.try_send_request(req).await {
+        match conn.send(req).await {
             Ok(resp) => return Ok((resp, conn)),
             Err(mut err) => match err.take_message() {
                 Some(unsent) if conn.reused => {
                     req = unsent;
                     progress.sending = None;
                 }
-                unsent => return Err((classify(err.error(), progress, &target.addr), unsent)),
+                unsent => {
+                    let going_away = crate::upstream::h2::stream_error(err.error())
+                        .is_some_and(|s| s.going_away);
+                    if going_away {
+                        // The upstream sent GOAWAY: no new streams on this connection.
+                        conn.stop_new_streams();
+                    }
+                    return Err((classify(err.error(), progress, &target.addr), unsent));
+                }
             },
         }
     }
@@ -207,6 +223,21 @@ pub async fn send(
 /// Names the cause of a failed exchange from hyper's error kind and the socket counters.
 fn classify(err: &hyper::Error, progress: &Progress, addr: &str) -> UpstreamError {
     let (request_sent, response_bytes) = progress.io();
+    if let Some(stream) = crate::upstream::h2::stream_error(err) {
+        return UpstreamError {
+            cause: stream.cause,
+            phase: if request_sent {
+                Phase::ResponseHead
+            } else {
+                Phase::Connect
+            },
+            request_sent,
+            response_bytes,
+            reused: progress.reused,
+            unprocessed: stream.unprocessed,
+            detail: format!("{addr}: {}", stream.words),
+        };
+    }
     let cause = if err.is_parse_too_large() {
         Cause::HttpResponseHeaderSectionSize
     } else if err.is_parse() || err.is_parse_status() {
@@ -252,6 +283,7 @@ fn classify(err: &hyper::Error, progress: &Progress, addr: &str) -> UpstreamErro
         request_sent,
         response_bytes,
         reused: progress.reused,
+        unprocessed: false,
         detail,
     }
 }

@@ -67,6 +67,7 @@ pub async fn handle(
     request::from_h2(&mut head);
     // Read before the hop-by-hop headers go.
     let upgrade_asked = upgrade::requested(&head.headers);
+    let accepts_trailers = request::accepts_trailers(&head);
     let invalid = request::validate(&head).err();
     // One authority for everything below: routing, Host upstream, X-Forwarded-Host,
     // Forwarded host= and the access log.
@@ -85,6 +86,9 @@ pub async fn handle(
         status: 0,
         scheme: state.scheme,
         protocol: request::protocol(head.version),
+        upstream_protocol: None,
+        grpc: super::grpc::is_grpc(&head.headers),
+        grpc_status: None,
         bytes_in: 0,
         cause: None,
         retry_stop: None,
@@ -154,6 +158,13 @@ pub async fn handle(
         None => None,
         Some(protocols) => {
             let has_body = !http_body::Body::is_end_stream(&body);
+            if route.upstream.config.protocol.always_h2() {
+                let detail = format!(
+                    "upstream {} speaks HTTP/2: upgrades (WebSocket) need an HTTP/1.1 upstream",
+                    route.upstream.name
+                );
+                return fail(log, Cause::HttpUpgradeFailed, &detail);
+            }
             match upgrade::accept(&mut head, protocols, has_body) {
                 Ok(upgrade) => upgrade,
                 Err((cause, detail)) => return fail(log, cause, &detail),
@@ -161,7 +172,7 @@ pub async fn handle(
         }
     };
 
-    let deadline = log.start + route.config.timeout;
+    let deadline = log.start + super::grpc::route_timeout(route.config.timeout, &head.headers);
     let mut body = match RequestBody::read(body, &head, route.config.replay_buffer, deadline).await
     {
         Ok(body) => body,
@@ -170,14 +181,13 @@ pub async fn handle(
     log.bytes_in = body.known_len(&head);
     let length = body.length(&head);
     super::framing::request(&mut head.headers, length);
-    forward(
-        &route,
-        request::upstream_head(head),
-        &mut body,
-        log,
-        upgrade,
-    )
-    .await
+    let mut head = request::upstream_head(head);
+    if accepts_trailers {
+        // Our hop's own `TE` (the client's was hop-by-hop): we relay trailers, so may get them.
+        head.headers
+            .insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    forward(&route, head, &mut body, log, upgrade).await
 }
 
 /// The attempt loop of one routed request.
@@ -191,7 +201,7 @@ async fn forward(
     // A reload may replace the upstream while this request waits (held, queued): it then moves
     // to the successor rather than waiting on targets nobody checks any more.
     let mut upstream: Arc<Upstream> = route.upstream.clone();
-    let deadline = log.start + route.config.timeout;
+    let deadline = log.start + super::grpc::route_timeout(route.config.timeout, &head.headers);
     let idempotency_key = retry::has_idempotency_key(&head.headers);
     let host_from_target = !head.headers.contains_key(HOST);
     route.budget.on_request(log.start);
@@ -443,6 +453,11 @@ fn relay(
         );
     }
     log.status = parts.status.as_u16();
+    log.upstream_protocol = Some(if conn.is_h2() { "h2" } else { "h1" });
+    if log.grpc {
+        // A trailers-only answer carries its status in the head.
+        log.grpc_status = super::grpc::status_of(&parts.headers);
+    }
     let finish = Finish {
         conn,
         upstream: route.upstream.clone(),
@@ -459,10 +474,16 @@ fn relay(
     Response::from_parts(parts, body)
 }
 
-/// Ends a request with a response gatewise generates, and logs it.
-pub(super) fn fail(log: RequestLog, cause: Cause, detail: &str) -> Response<ClientBody> {
+/// Ends a request with a response gatewise generates, and logs it. A gRPC request gets it in
+/// gRPC form (see [`super::grpc::answer`]).
+pub(super) fn fail(mut log: RequestLog, cause: Cause, detail: &str) -> Response<ClientBody> {
     let shown = public_detail(cause, detail, log.trusted_client);
-    let resp = error_response(cause, shown, log.attempts.len(), &log.request_id);
+    let mut resp = error_response(cause, shown, log.attempts.len(), &log.request_id);
+    if log.grpc {
+        let status = super::grpc::status_for(cause);
+        log.grpc_status = Some(status);
+        resp = super::grpc::answer(resp, status, cause, shown);
+    }
     generated(log, cause, resp)
 }
 

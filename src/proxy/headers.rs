@@ -20,12 +20,13 @@ fn is_framing(name: &HeaderName) -> bool {
     *name == header::TRANSFER_ENCODING || *name == header::CONTENT_LENGTH
 }
 
+/// `Trailer` is not one (RFC 9110 §6.6.2): it names the trailer fields end to end, and an
+/// HTTP/1.1 hop sends trailers only when it lists them.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     *name == header::CONNECTION
         || *name == KEEP_ALIVE
         || *name == PROXY_CONNECTION
         || *name == header::TE
-        || *name == header::TRAILER
         || *name == header::UPGRADE
         || *name == header::PROXY_AUTHORIZATION
         || *name == header::PROXY_AUTHENTICATE

@@ -4,6 +4,7 @@
 pub mod attempt;
 pub mod forward;
 pub mod framing;
+pub mod grpc;
 pub mod headers;
 pub mod hedge;
 pub mod outcome;

@@ -33,6 +33,13 @@ pub struct RequestLog {
     pub scheme: &'static str,
     /// `h1` or `h2`: what the client spoke.
     pub protocol: &'static str,
+    /// `h1` or `h2`: what gatewise spoke to the target that answered.
+    pub upstream_protocol: Option<&'static str>,
+    /// Set for a gRPC request (`content-type: application/grpc*`): failures gatewise answers
+    /// itself take the gRPC form.
+    pub grpc: bool,
+    /// The `grpc-status` the client got, once known.
+    pub grpc_status: Option<u32>,
     pub bytes_in: u64,
     pub cause: Option<Cause>,
     pub retry_stop: Option<&'static str>,
@@ -87,6 +94,10 @@ impl RequestLog {
         if let Some(m) = &self.metrics {
             let handled = self.tunnel.map_or(elapsed, |t| t.handshake);
             m.request(self.status, cause, handled);
+            m.protocols(self.protocol, self.upstream_protocol);
+            if let Some(grpc_status) = self.grpc_status {
+                m.grpc_status(grpc_status);
+            }
         }
         if !self.log.enabled() {
             return;
@@ -113,6 +124,8 @@ impl RequestLog {
             status: self.status,
             scheme: self.scheme,
             protocol: self.protocol,
+            upstream_protocol: self.upstream_protocol,
+            grpc_status: self.grpc_status,
             duration_ms: elapsed,
             bytes_in: self.bytes_in,
             bytes_out,
@@ -166,6 +179,7 @@ impl Finish {
                     request_sent: true,
                     response_bytes: true,
                     reused: conn.reused,
+                    unprocessed: false,
                     detail: String::new(),
                 };
                 upstream.observe(&target, Some(&err), None);

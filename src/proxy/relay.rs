@@ -107,6 +107,11 @@ impl Body for ClientBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     relay.bytes += data.len() as u64;
+                } else if let (Some(trailers), Some(done)) = (frame.trailers_ref(), &mut relay.done)
+                {
+                    if done.log.grpc {
+                        done.log.grpc_status = super::grpc::status_of(trailers);
+                    }
                 }
                 if let Some(idle) = relay.idle.as_mut() {
                     idle.as_mut().reset(Instant::now() + relay.idle_timeout);

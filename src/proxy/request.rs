@@ -52,6 +52,23 @@ pub fn protocol(version: Version) -> &'static str {
     }
 }
 
+/// Whether the client takes response trailers: any HTTP/2 client, and an HTTP/1.1 one that
+/// sent `TE: trailers`.
+pub fn accepts_trailers(head: &Parts) -> bool {
+    head.version == Version::HTTP_2
+        || head.headers.get_all(http::header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',').any(|t| {
+                    t.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case("trailers")
+                })
+            })
+        })
+}
+
 /// Gives an HTTP/2 request the shape of an HTTP/1.1 one, before anything reads its headers:
 /// its `:authority` (hyper puts it in the URI) becomes the `Host` header when the client sent
 /// none, so routing, `X-Forwarded-Host`, `Forwarded: host=`, the log and the upstream all use

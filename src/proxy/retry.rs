@@ -89,6 +89,9 @@ pub struct RetryInput<'a> {
 pub enum RetryReason {
     /// No byte of the request reached the upstream: safe for any method.
     NotSent,
+    /// The upstream said it never processed the request (HTTP/2 `REFUSED_STREAM`, or a stream
+    /// above its GOAWAY's last-stream-id): safe for any method.
+    Unprocessed,
     /// A pooled connection closed after the request was written and before any response byte:
     /// the keep-alive race. Idempotent / keyed / opted-in requests only.
     ReusedConnectionClosed,
@@ -100,8 +103,9 @@ pub enum RetryReason {
 }
 
 impl RetryReason {
-    pub const ALL: [RetryReason; 4] = [
+    pub const ALL: [RetryReason; 5] = [
         RetryReason::NotSent,
+        RetryReason::Unprocessed,
         RetryReason::ReusedConnectionClosed,
         RetryReason::SentNoResponse,
         RetryReason::Status,
@@ -110,6 +114,7 @@ impl RetryReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RetryReason::NotSent => "not_sent",
+            RetryReason::Unprocessed => "unprocessed",
             RetryReason::ReusedConnectionClosed => "reused_connection_closed",
             RetryReason::SentNoResponse => "sent_no_response",
             RetryReason::Status => "status",
@@ -249,6 +254,10 @@ fn rule(input: &RetryInput<'_>) -> Result<RetryReason, StopReason> {
             if !err.request_sent {
                 // Nothing reached the upstream, so it cannot have executed anything: any method.
                 return replayable(input, RetryReason::NotSent);
+            }
+            if err.unprocessed {
+                // Sent, but the upstream says it did not process it (RFC 9113 §8.7): any method.
+                return replayable(input, RetryReason::Unprocessed);
             }
             let closed = matches!(
                 err.cause,

@@ -511,6 +511,8 @@ async fn request_timeout<IO: ClientIo>(
         status: 408,
         scheme: state.scheme,
         protocol: "h1",
+        upstream_protocol: None,
+        grpc_status: None,
         duration_ms: elapsed,
         bytes_in: read as u64,
         bytes_out: if matches!(written, Ok(Ok(()))) {

@@ -220,6 +220,8 @@ pub(super) fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper:
         status,
         scheme: state.scheme,
         protocol: "h1",
+        upstream_protocol: None,
+        grpc_status: None,
         duration_ms: Duration::ZERO,
         bytes_in: 0,
         bytes_out: 0,

@@ -67,6 +67,8 @@ pub fn to_https<B>(
         client: peer,
         method: req.method().as_str(),
         protocol: crate::proxy::request::protocol(req.version()),
+        upstream_protocol: None,
+        grpc_status: None,
         host: req
             .headers()
             .get(HOST)

@@ -28,6 +28,8 @@ pub struct Endpoint {
     /// Set when `addr` is an IP literal: no resolution on connect.
     literal: Option<SocketAddr>,
     tls: Option<TlsTarget>,
+    /// `protocol = "h2c"`: HTTP/2 with prior knowledge on a plain connection.
+    h2c: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +61,21 @@ impl Endpoint {
             addr: Arc::from(addr),
             literal,
             tls,
+            h2c: false,
+        }
+    }
+
+    /// This endpoint speaks HTTP/2 without asking (`protocol = "h2c"`).
+    pub fn h2_prior_knowledge(mut self) -> Endpoint {
+        self.h2c = true;
+        self
+    }
+
+    /// Whether a connection to this endpoint speaks HTTP/2: `h2c`, or ALPN chose `h2`.
+    pub fn speaks_h2(&self, stream: &Stream) -> bool {
+        match stream {
+            Stream::Plain(_) => self.h2c,
+            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
         }
     }
 

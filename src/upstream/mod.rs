@@ -9,6 +9,7 @@
 
 pub mod balancer;
 pub mod connect;
+pub mod h2;
 pub mod health;
 pub mod hold;
 mod idle_learn;
@@ -144,7 +145,8 @@ impl Upstream {
                 if cfg.insecure_skip_verify {
                     tracing::warn!(upstream = name, "insecure_skip_verify = true: the targets' certificates are NOT verified; anyone on the path can impersonate them");
                 }
-                let client = TlsClient::new(cfg).map_err(|e| format!("upstream {name}: {e}"))?;
+                let client = TlsClient::new(cfg, config.protocol)
+                    .map_err(|e| format!("upstream {name}: {e}"))?;
                 Some(Arc::new(client))
             }
             None => None,
@@ -156,6 +158,9 @@ impl Upstream {
             max_response_header_bytes: config.max_response_header_bytes,
             tls: tls.clone(),
             learn_idle_timeout: config.learn_idle_timeout,
+            protocol: config.protocol,
+            h2_max_streams: config.h2_max_streams,
+            h2_max_connections: config.h2_max_connections,
         };
         let changed = previous.map_or_else(|| Arc::new(Notify::new()), |(p, _)| p.changed.clone());
         let policy = Policy::from_upstream(&config);
@@ -504,7 +509,8 @@ impl Upstream {
             // down from the start has no transition to log, and would otherwise be silent.
             let first: Vec<AtomicBool> = addrs.iter().map(|_| AtomicBool::new(true)).collect();
             let pace = self.pace.clone();
-            let prober = health::active::ConfiguredProbe::new(cfg, self.tls.clone());
+            let prober = health::active::ConfiguredProbe::new(cfg, self.tls.clone())
+                .h2c(self.config.protocol == crate::config::UpstreamProtocol::H2c);
             let known = self.kept.clone();
             tokio::spawn(health::active::run_checks_known(addrs, known, pace, prober, move |i, outcome| {
                 let target = &me.targets[i];
@@ -608,6 +614,9 @@ fn same_target_settings(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
         slow_start,
         tls,
         discovery,
+        protocol,
+        h2_max_streams,
+        h2_max_connections,
     } = a;
     let thresholds = |h: &Option<crate::config::HealthConfig>| h.as_ref().map(|h| (h.rise, h.fall));
     *connect_timeout == b.connect_timeout
@@ -621,4 +630,7 @@ fn same_target_settings(a: &UpstreamConfig, b: &UpstreamConfig) -> bool {
         && *slow_start == b.slow_start
         && *tls == b.tls
         && *discovery == b.discovery
+        && *protocol == b.protocol
+        && *h2_max_streams == b.h2_max_streams
+        && *h2_max_connections == b.h2_max_connections
 }

@@ -1,4 +1,9 @@
-//! Our own upstream connection pool, per target, on `hyper::client::conn::http1`.
+//! Our own upstream connection pool, per target, on `hyper::client::conn::http1` and `http2`.
+//!
+//! HTTP/2 connections are shared, not taken: the pool keeps each target's live ones
+//! ([`super::h2`]) and hands out a stream on the least busy one below `h2_max_streams`, opens
+//! another below `h2_max_connections`, and otherwise queues the stream on the least busy one.
+//! Everything below about idle limits is HTTP/1.1's.
 //!
 //! Why our own: the pool decides which connections are safe to reuse, and that decision is where
 //! "502 after idle" comes from. A connection goes back to the pool only after its response body was
@@ -14,29 +19,91 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, TrySendError};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::connect::{Connector, Endpoint};
+use super::h2::{H2Conns, StreamSlot};
 use super::idle_learn::LearnedIdle;
 use super::io::{CountingIo, IoStats};
 use super::tls::TlsClient;
 use crate::body::UpstreamBody;
 use crate::cause::{Cause, Phase, UpstreamError};
+use crate::config::UpstreamProtocol;
 
-/// A connection ready to carry one request.
+/// A connection ready to carry one request: an HTTP/1.1 connection of its own, or one stream
+/// of a shared HTTP/2 connection.
 pub struct Conn {
-    pub sender: http1::SendRequest<UpstreamBody>,
     pub stats: Arc<IoStats>,
-    /// Taken from the pool rather than freshly connected.
+    /// Taken from the pool rather than freshly connected (for HTTP/2: a stream on a connection
+    /// that already carried others).
     pub reused: bool,
-    /// Shared with the connection's driver task.
-    idle_since: Arc<IdleSince>,
-    /// Dropped with the connection when it is not pooled: its driver task then ends, with any
-    /// request body it was still waiting on (an upload the client never finishes would keep it,
-    /// and the client's connection, alive forever).
-    pub abandon: tokio::sync::oneshot::Sender<()>,
+    link: Link,
+}
+
+enum Link {
+    H1 {
+        sender: http1::SendRequest<UpstreamBody>,
+        /// Shared with the connection's driver task.
+        idle_since: Arc<IdleSince>,
+        /// Dropped with the connection when it is not pooled: its driver task then ends, with
+        /// any request body it was still waiting on (an upload the client never finishes would
+        /// keep it, and the client's connection, alive forever).
+        abandon: tokio::sync::oneshot::Sender<()>,
+    },
+    /// Released (the stream count goes down) when the `Conn` is dropped, i.e. when the
+    /// response body has been relayed or the attempt failed.
+    H2(StreamSlot),
+}
+
+impl Conn {
+    /// Whether this is a stream of an HTTP/2 connection.
+    pub fn is_h2(&self) -> bool {
+        matches!(self.link, Link::H2(_))
+    }
+
+    /// Waits until the connection can take the request; `false` when it closed meanwhile.
+    pub async fn ready(&mut self) -> bool {
+        match &mut self.link {
+            Link::H1 { sender, .. } => sender.ready().await.is_ok(),
+            Link::H2(slot) => slot.sender().ready().await.is_ok(),
+        }
+    }
+
+    /// Sends the request, shaped for this connection's protocol (see [`super::h2::shape`]).
+    /// An error hands the request back when hyper never began sending it.
+    pub async fn send(
+        &mut self,
+        mut req: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, TrySendError<http::Request<UpstreamBody>>>
+    {
+        match &mut self.link {
+            Link::H1 { sender, .. } => {
+                super::h2::shape_h1(&mut req);
+                sender.try_send_request(req).await
+            }
+            Link::H2(slot) => {
+                super::h2::shape_h2(&mut req, slot.scheme());
+                slot.sender().try_send_request(req).await
+            }
+        }
+    }
+
+    /// HTTP/2: the upstream is going away (a GOAWAY reached a stream of this connection): no
+    /// new streams on it; the open ones finish.
+    pub fn stop_new_streams(&self) {
+        if let Link::H2(slot) = &self.link {
+            slot.stop_new_streams();
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match &self.link {
+            Link::H1 { sender, .. } => sender.is_closed(),
+            Link::H2(slot) => slot.is_closed(),
+        }
+    }
 }
 
 struct Idle {
@@ -90,6 +157,12 @@ pub struct PoolSettings {
     pub tls: Option<Arc<TlsClient>>,
     /// Learn the idle age at which the upstream closes connections (`learn_idle_timeout`).
     pub learn_idle_timeout: bool,
+    /// What the targets speak (`protocol`).
+    pub protocol: UpstreamProtocol,
+    /// HTTP/2: streams per connection before another is opened.
+    pub h2_max_streams: u32,
+    /// HTTP/2: connections per target at most.
+    pub h2_max_connections: u32,
 }
 
 /// The idle connections of one target, and how to make new ones.
@@ -102,6 +175,8 @@ pub struct TargetPool {
     learned: Arc<LearnedIdle>,
     /// The latest `Keep-Alive: timeout=` the target announced, for status.
     announced: Mutex<Option<Duration>>,
+    /// The shared HTTP/2 connections, when the upstream may speak HTTP/2 (`h2c`, `h2`, `auto`).
+    h2: Option<H2Conns>,
 }
 
 impl TargetPool {
@@ -111,8 +186,21 @@ impl TargetPool {
             settings.idle_timeout,
             addr.clone(),
         );
+        let h2 = match settings.protocol {
+            UpstreamProtocol::Http1 | UpstreamProtocol::Https => None,
+            p => Some(H2Conns::new(
+                settings.h2_max_streams,
+                settings.h2_max_connections,
+                p != UpstreamProtocol::Auto,
+            )),
+        };
+        let mut endpoint = Endpoint::new(&addr, settings.tls.as_ref());
+        if settings.protocol == UpstreamProtocol::H2c {
+            endpoint = endpoint.h2_prior_knowledge();
+        }
         Self {
-            endpoint: Endpoint::new(&addr, settings.tls.as_ref()),
+            endpoint,
+            h2,
             settings,
             idle: Mutex::new(Vec::new()),
             learned: Arc::new(learned),
@@ -124,6 +212,15 @@ impl TargetPool {
     /// any. With [`Reuse::Fresh`], `None` when the newest one is in the last quarter of its limit
     /// (the older ones are older still); those stay for requests that may be retried.
     pub fn take_idle(&self, reuse: Reuse) -> Option<Conn> {
+        if let Some(h2) = &self.h2 {
+            if let Some(slot) = h2.take() {
+                return Some(Conn {
+                    stats: slot.stats().clone(),
+                    reused: true,
+                    link: Link::H2(slot),
+                });
+            }
+        }
         let now = Instant::now();
         let learned = self.learned.limit(now);
         let mut idle = self.idle.lock().expect("pool lock");
@@ -137,11 +234,13 @@ impl TargetPool {
                 }
                 conn.idle_since.set(None);
                 return Some(Conn {
-                    sender: conn.sender,
                     stats: conn.stats,
-                    abandon: conn.abandon,
                     reused: true,
-                    idle_since: conn.idle_since,
+                    link: Link::H1 {
+                        sender: conn.sender,
+                        abandon: conn.abandon,
+                        idle_since: conn.idle_since,
+                    },
                 });
             }
             // Dropping the sender closes the connection: our close, not the upstream's.
@@ -172,27 +271,36 @@ impl TargetPool {
         if upstream_keep_alive.is_some() {
             *self.announced.lock().expect("pool lock") = upstream_keep_alive;
         }
-        if conn.sender.is_closed() {
+        if conn.is_closed() {
             return;
         }
+        let Link::H1 {
+            sender,
+            idle_since,
+            abandon,
+        } = conn.link
+        else {
+            // An HTTP/2 stream: dropping it frees its slot; the connection stays shared.
+            return;
+        };
         let limit = idle_limit(self.settings.idle_timeout, upstream_keep_alive);
         if limit.is_zero() || self.settings.max_idle == 0 {
             return;
         }
         let now = Instant::now();
-        conn.idle_since.set(Some(now));
+        idle_since.set(Some(now));
         let mut idle = self.idle.lock().expect("pool lock");
         if idle.len() >= self.settings.max_idle {
             // Keep the newest: the oldest is the one closest to its upstream's timeout.
             idle.remove(0).idle_since.set(None);
         }
         idle.push(Idle {
-            sender: conn.sender,
+            sender,
             stats: conn.stats,
-            idle_since: conn.idle_since,
+            idle_since,
             since: now,
             announced: upstream_keep_alive,
-            abandon: conn.abandon,
+            abandon,
         });
     }
 
@@ -205,10 +313,74 @@ impl TargetPool {
     /// timeout). The byte counters wrap the final stream, so for TLS they count request bytes,
     /// not handshake bytes: `request_sent` stays a fact about the request.
     pub async fn connect(&self) -> Result<Conn, UpstreamError> {
-        let stream = Connector::new(self.settings.connect_timeout)
+        // HTTP/2: one dial at a time per target, so a burst of requests shares one new
+        // connection instead of opening one each.
+        let dialing = match &self.h2 {
+            Some(h2) if h2.dials_serially() => {
+                let asked = Instant::now();
+                let guard = h2.dialing().await;
+                // The dial this request waited for failed: fail alike at once rather than dial
+                // again in turn (a black-holed target would make every waiter pay a timeout).
+                if let Some(err) = h2.failed_since(asked) {
+                    return Err(err);
+                }
+                if let Some(slot) = h2.take() {
+                    return Ok(Conn {
+                        stats: slot.stats().clone(),
+                        reused: true,
+                        link: Link::H2(slot),
+                    });
+                }
+                Some(guard)
+            }
+            _ => None,
+        };
+        let stream = match Connector::new(self.settings.connect_timeout)
             .connect(&self.endpoint)
-            .await?;
+            .await
+        {
+            Ok(stream) => stream,
+            Err(err) => {
+                if let (Some(h2), Some(_)) = (&self.h2, &dialing) {
+                    h2.dial_failed(&err);
+                }
+                return Err(err);
+            }
+        };
+        let speaks_h2 = self.endpoint.speaks_h2(&stream);
+        if !speaks_h2 && self.settings.protocol == UpstreamProtocol::H2 {
+            // Never a silent fall back to HTTP/1.1 on an upstream configured for HTTP/2.
+            return Err(UpstreamError::before_send(
+                Cause::TlsProtocolError,
+                Phase::Connect,
+                format!(
+                    "{}: the target did not choose h2 in ALPN; protocol = \"h2\" is set \
+                     (\"auto\" accepts http/1.1)",
+                    self.endpoint.addr
+                ),
+            ));
+        }
         let (io, stats) = CountingIo::new(stream);
+        if speaks_h2 {
+            let Some(h2) = &self.h2 else {
+                return Err(UpstreamError::before_send(
+                    Cause::HttpProtocolError,
+                    Phase::Connect,
+                    format!(
+                        "{}: ALPN chose h2 on an HTTP/1.1 upstream",
+                        self.endpoint.addr
+                    ),
+                ));
+            };
+            let slot = h2
+                .handshake(io, stats.clone(), &self.settings, &self.endpoint)
+                .await?;
+            return Ok(Conn {
+                stats,
+                reused: false,
+                link: Link::H2(slot),
+            });
+        }
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.settings.max_response_header_bytes.max(8192))
             .max_header_size(self.settings.max_response_header_bytes)
@@ -237,12 +409,19 @@ impl TargetPool {
             }
         });
         Ok(Conn {
-            sender,
             stats,
             reused: false,
-            idle_since,
-            abandon,
+            link: Link::H1 {
+                sender,
+                idle_since,
+                abandon,
+            },
         })
+    }
+
+    /// Live HTTP/2 connections of this target (for status and tests).
+    pub fn h2_connections(&self) -> usize {
+        self.h2.as_ref().map_or(0, |h2| h2.len())
     }
 }
 

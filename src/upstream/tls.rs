@@ -14,7 +14,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
 
 use crate::cause::Cause;
-use crate::config::UpstreamTlsConfig;
+use crate::config::{UpstreamProtocol, UpstreamTlsConfig};
 use crate::tls;
 
 /// The TLS client of one upstream, shared by its targets' pools and its health checks.
@@ -27,7 +27,8 @@ pub struct TlsClient {
 
 impl TlsClient {
     /// Builds the client from validated settings (files are read again: they may have changed).
-    pub fn new(cfg: &UpstreamTlsConfig) -> Result<TlsClient, String> {
+    /// `protocol` picks the ALPN offer: `h2` → `h2`; `auto` → `h2`, `http/1.1`; else `http/1.1`.
+    pub fn new(cfg: &UpstreamTlsConfig, protocol: UpstreamProtocol) -> Result<TlsClient, String> {
         let UpstreamTlsConfig {
             ca_file,
             sni,
@@ -66,7 +67,11 @@ impl TlsClient {
             }
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = match protocol {
+            UpstreamProtocol::H2 => vec![b"h2".to_vec()],
+            UpstreamProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            _ => vec![b"http/1.1".to_vec()],
+        };
         let sni = match sni {
             Some(name) => Some(
                 ServerName::try_from(name.clone())

@@ -365,7 +365,7 @@ targets = ["127.0.0.1:3001"]
 ca_file = "ca.pem"
 [upstream.two]
 targets = ["127.0.0.1:3002"]
-protocol = "h2"
+protocol = "spdy"
 [[listener]]
 name = "both"
 listen = "127.0.0.1:9443"
@@ -386,7 +386,7 @@ redirect_https = true
         format!("{f}:6:30: listener[0].tls.certificates[1].key: "),
         "does not match the certificate in".to_string(),
         format!("{f}:12:11: upstream.app.ca_file: only applies with protocol = \"https\""),
-        format!("{f}:15:12: upstream.two.protocol: protocol \"h2\" is not supported yet"),
+        format!("{f}:15:12: upstream.two.protocol: expected \"http1\", \"https\", \"h2c\""),
         format!("{f}:20:18: listener[1].redirect_https: is for a plain listener"),
     ] {
         assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");

@@ -177,7 +177,13 @@ async fn health_checks_go_through_the_same_connector() {
     let ca_file = dir.write("ca.pem", &ca.cert_pem);
     let good = tls_upstream(&ca.issue(&["127.0.0.1"]), None).await;
     let bad = tls_upstream(&self_signed(&["127.0.0.1"]), None).await;
-    let client = Arc::new(TlsClient::new(&upstream_tls(Some(ca_file))).unwrap());
+    let client = Arc::new(
+        TlsClient::new(
+            &upstream_tls(Some(ca_file)),
+            gatewise::config::UpstreamProtocol::Https,
+        )
+        .unwrap(),
+    );
     let check = gatewise::config::HealthConfig::http("/health");
     let ok = probe_endpoint(
         &Endpoint::new(&good.addr.to_string(), Some(&client)),

@@ -47,6 +47,7 @@ pub async fn doctor(
             tls,
             // nginx does not verify an upstream's certificate unless proxy_ssl_verify is on.
             tls_client: tls.then(|| target::default_tls_client(true)),
+            h2c: false,
             health: None,
             path: "/".into(),
             connect_timeout: Duration::from_secs(2),

@@ -83,6 +83,14 @@ pub const CLIENT_HEADER_TIMEOUTS: &str = "gatewise_client_header_timeouts_total"
 pub const CLIENT_HEADER_TIMEOUTS_HELP: &str =
     "HTTP/1 client connections that began a request head and did not complete it within header_read_timeout (answered 408 and closed), by listener";
 
+pub const PROTOCOL_REQUESTS: &str = "gatewise_requests_by_protocol_total";
+pub const PROTOCOL_REQUESTS_HELP: &str =
+    "Client requests by route, the protocol the client spoke (h1, h2) and the one gatewise spoke to the target that answered (h1, h2; none when no target answered)";
+
+pub const GRPC_RESPONSES: &str = "gatewise_grpc_responses_total";
+pub const GRPC_RESPONSES_HELP: &str =
+    "gRPC calls by route and the grpc-status the client got (the upstream's, or the one gatewise answered with)";
+
 pub const RELOADS: &str = "gatewise_config_reloads_total";
 pub const RELOADS_HELP: &str =
     "Config reloads by result: ok (a new snapshot serves) or failed (the running config was kept)";

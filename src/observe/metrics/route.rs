@@ -9,8 +9,8 @@ use http::StatusCode;
 use prometheus_client::metrics::counter::Counter;
 
 use super::{
-    AttemptLabels, Families, LatencyHistogram, ReasonLabels, RequestLabels, RouteLabels,
-    TunnelLabels, NO_CAUSE,
+    AttemptLabels, Families, GrpcLabels, LatencyHistogram, ProtocolLabels, ReasonLabels,
+    RequestLabels, RouteLabels, TunnelLabels, NO_CAUSE,
 };
 use crate::cause::Cause;
 use crate::proxy::retry::{RetryReason, StopReason};
@@ -133,6 +133,10 @@ pub struct RouteMetrics {
     retries: [Counter; RetryReason::ALL.len()],
     stops: [Counter; StopReason::ALL.len()],
     budget_exhausted: Counter,
+    /// By (client, upstream) protocol: `[h1, h2] × [none, h1, h2]`.
+    by_protocol: Lazy,
+    /// gRPC calls by `grpc-status` 0..=16 (others are looked up).
+    grpc_by_status: Lazy,
     upstream: Option<Arc<UpstreamMetrics>>,
     families: Arc<Families>,
 }
@@ -166,6 +170,8 @@ impl RouteMetrics {
             retries: RetryReason::ALL.map(|r| reason(&families.retries, r.as_str())),
             stops: StopReason::ALL.map(|r| reason(&families.retry_stops, r.as_str())),
             budget_exhausted: families.budget_exhausted.get_or_create_owned(&labels),
+            by_protocol: Lazy::new(6),
+            grpc_by_status: Lazy::new(17),
             route,
             upstream,
             families,
@@ -189,6 +195,42 @@ impl RouteMetrics {
                 self.ok_by_status
                     .inc(usize::from(status - SLOTS.start), counter);
             }
+            _ => {
+                counter().inc();
+            }
+        }
+    }
+
+    /// The protocols of one request's two sides: `client` (`h1`/`h2`) and the one spoken to
+    /// the target that answered (`None` when none did).
+    pub fn protocols(&self, client: &'static str, upstream: Option<&'static str>) {
+        let c = usize::from(client == "h2");
+        let u = match upstream {
+            None => 0,
+            Some("h2") => 2,
+            Some(_) => 1,
+        };
+        self.by_protocol.inc(c * 3 + u, || {
+            self.families
+                .protocols
+                .get_or_create_owned(&ProtocolLabels {
+                    route: self.route.clone(),
+                    client: ["h1", "h2"][c],
+                    upstream: ["none", "h1", "h2"][u],
+                })
+        });
+    }
+
+    /// A gRPC call ended with `grpc_status`.
+    pub fn grpc_status(&self, grpc_status: u32) {
+        let counter = || {
+            self.families.grpc.get_or_create_owned(&GrpcLabels {
+                route: self.route.clone(),
+                grpc_status,
+            })
+        };
+        match usize::try_from(grpc_status) {
+            Ok(slot) if slot < 17 => self.grpc_by_status.inc(slot, counter),
             _ => {
                 counter().inc();
             }

@@ -45,8 +45,20 @@ fn failed(cause: Cause, phase: Phase, sent: bool, reused: bool, bytes: bool) -> 
         request_sent: sent,
         response_bytes: bytes,
         reused,
+        unprocessed: false,
         detail: "127.0.0.1:3001".into(),
     })
+}
+
+/// An HTTP/2 stream the upstream refused or that lay above its GOAWAY: sent, not processed.
+fn unprocessed(reused: bool) -> Ended {
+    match failed(ConnectionTerminated, ResponseHead, true, reused, false) {
+        Ended::Err(e) => Ended::Err(UpstreamError {
+            unprocessed: true,
+            ..e
+        }),
+        status => status,
+    }
 }
 
 /// Nothing written: connect-time failures.
@@ -152,6 +164,14 @@ fn table() -> Vec<Case> {
         case("post handed back unsent by hyper / h2 REFUSED_STREAM", post.clone(),
             failed(HttpProtocolError, RequestSent, false, true, false), Retry(NotSent)),
         case("post refused, body consumed", post.clone(), unsent(ConnectionRefused), Stop(BodyNotReplayable)).unreplayable(),
+        // HTTP/2: sent, but the upstream says it never processed it (REFUSED_STREAM, above GOAWAY).
+        case("post h2 stream unprocessed", post.clone(), unprocessed(false), Retry(Unprocessed)),
+        case("patch h2 stream unprocessed, reused conn", patch.clone(), unprocessed(true), Retry(Unprocessed)),
+        case("get h2 stream unprocessed", get.clone(), unprocessed(true), Retry(Unprocessed)),
+        case("post h2 stream unprocessed, body consumed", post.clone(), unprocessed(false), Stop(BodyNotReplayable)).unreplayable(),
+        case("post h2 stream unprocessed, retries used", post.clone(), unprocessed(true), Stop(AttemptsExhausted)).attempts(3, 2),
+        // HTTP/2: a stream reset after the upstream may have processed it is an ordinary failure.
+        case("post h2 stream reset (processed?)", post.clone(), fresh_sent(ConnectionTerminated), Stop(NonIdempotent)),
         // Causes a retry cannot fix.
         case("queue full", get.clone(), failed(ConnectionLimitReached, Queue, false, false, false), Stop(NotRetryable)),
         case("no healthy target", get.clone(), failed(DestinationUnavailable, Queue, false, false, false), Stop(NotRetryable)),

@@ -73,6 +73,10 @@ pub async fn probe_endpoint(ep: &Endpoint, cfg: &HealthConfig) -> ProbeOutcome {
             HealthCheckKind::Http {
                 path,
                 expected_status,
+            } if ep.speaks_h2(&stream) => h2_probe(stream, ep, path, *expected_status).await,
+            HealthCheckKind::Http {
+                path,
+                expected_status,
             } => http_probe(stream, &ep.addr, path, *expected_status).await,
         }
     };
@@ -116,6 +120,47 @@ async fn http_probe(
             Err(e) => return ProbeOutcome::fail(format!("http: {e}")),
         },
     };
+    status_outcome(result, expected)
+}
+
+/// `GET path` as one stream of a fresh HTTP/2 connection (an `h2c` target, or one where ALPN
+/// chose `h2`), so the check speaks what requests speak.
+async fn h2_probe(stream: Stream, ep: &Endpoint, path: &str, expected: (u16, u16)) -> ProbeOutcome {
+    let (mut sender, conn) = match hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    {
+        Ok(pair) => pair,
+        Err(e) => return ProbeOutcome::fail(format!("HTTP/2 handshake: {e}")),
+    };
+    let scheme = if ep.is_tls() { "https" } else { "http" };
+    let req = Request::get(format!("{scheme}://{}{path}", ep.addr))
+        .version(http::Version::HTTP_2)
+        .header(header::USER_AGENT, "gatewise-health")
+        .body(Empty::<Bytes>::new());
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => return ProbeOutcome::fail(format!("bad check request: {e}")),
+    };
+    // Driven here, as for HTTP/1.1: a timeout closes the connection with the probe.
+    let response = sender.send_request(req);
+    tokio::pin!(conn, response);
+    let result = tokio::select! {
+        r = &mut response => r,
+        done = &mut conn => match done {
+            Ok(()) => response.await,
+            Err(e) => return ProbeOutcome::fail(format!("http2: {e}")),
+        },
+    };
+    status_outcome(result, expected)
+}
+
+fn status_outcome(
+    result: Result<http::Response<hyper::body::Incoming>, hyper::Error>,
+    expected: (u16, u16),
+) -> ProbeOutcome {
     match result {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -155,17 +200,32 @@ pub trait Prober: Send + Sync + 'static {
 pub struct ConfiguredProbe {
     cfg: HealthConfig,
     tls: Option<Arc<TlsClient>>,
+    /// `protocol = "h2c"`: checks speak HTTP/2 with prior knowledge.
+    h2c: bool,
 }
 
 impl ConfiguredProbe {
     pub fn new(cfg: HealthConfig, tls: Option<Arc<TlsClient>>) -> Self {
-        Self { cfg, tls }
+        Self {
+            cfg,
+            tls,
+            h2c: false,
+        }
+    }
+
+    /// Checks over HTTP/2 with prior knowledge (an `h2c` upstream).
+    pub fn h2c(mut self, on: bool) -> Self {
+        self.h2c = on;
+        self
     }
 }
 
 impl Prober for ConfiguredProbe {
     fn probe(&self, target: &str) -> impl Future<Output = ProbeOutcome> + Send {
-        let ep = Endpoint::new(target, self.tls.as_ref());
+        let mut ep = Endpoint::new(target, self.tls.as_ref());
+        if self.h2c {
+            ep = ep.h2_prior_knowledge();
+        }
         async move { probe_endpoint(&ep, &self.cfg).await }
     }
 }

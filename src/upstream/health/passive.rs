@@ -42,6 +42,11 @@ pub fn classify_status(status: u16, cfg: &PassiveConfig) -> Verdict {
 
 /// An attempt that failed with `err`.
 pub fn classify_error(err: &UpstreamError) -> Verdict {
+    if err.unprocessed {
+        // A refused stream or a GOAWAY (a graceful restart, a stream limit): nothing wrong
+        // with the target.
+        return Verdict::Neutral;
+    }
     let keep_alive_race = err.reused && !err.response_bytes;
     match cause_verdict(err.cause) {
         Verdict::Failure
@@ -127,6 +132,7 @@ mod tests {
             request_sent: true,
             response_bytes,
             reused,
+            unprocessed: false,
             detail: String::new(),
         }
     }

@@ -1,8 +1,11 @@
 //! Test fixtures: mock upstreams with scripted behaviour, a gateway on port 0, a client, and
 //! the captured access log.
 
-pub mod etcd;
+pub mod bodies;
 pub mod dns;
+pub mod etcd;
+pub mod goaway_proxy;
+pub mod h2_upstream;
 pub mod kube;
 pub mod node;
 pub mod pebble;

@@ -151,6 +151,16 @@ impl Drop for TlsUpstream {
 }
 
 pub async fn tls_upstream(server: &Pem, client_ca: Option<&str>) -> TlsUpstream {
+    tls_upstream_alpn(server, client_ca, &[b"http/1.1"]).await
+}
+
+/// [`tls_upstream`] offering `alpn` (none: no ALPN); it speaks HTTP/2 on a connection where
+/// ALPN chose `h2`, else HTTP/1.1, and says which in `x-version`.
+pub async fn tls_upstream_alpn(
+    server: &Pem,
+    client_ca: Option<&str>,
+    alpn: &[&[u8]],
+) -> TlsUpstream {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap();
@@ -172,8 +182,7 @@ pub async fn tls_upstream(server: &Pem, client_ca: Option<&str>) -> TlsUpstream 
     };
     let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
     let mut config = builder.with_single_cert(certs(&server.cert), key).unwrap();
-    // As HTTP/1.1 servers do (nginx, Caddy): a client offering ALPN gets `http/1.1` chosen.
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -191,6 +200,7 @@ pub async fn tls_upstream(server: &Pem, client_ca: Option<&str>) -> TlsUpstream 
                 };
                 count.fetch_add(1, Ordering::SeqCst);
                 let presented = tls.get_ref().1.peer_certificates().is_some();
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| async move {
                     let path = req.uri().path().to_string();
                     let proto = req
@@ -198,6 +208,7 @@ pub async fn tls_upstream(server: &Pem, client_ca: Option<&str>) -> TlsUpstream 
                         .get("x-forwarded-proto")
                         .cloned()
                         .unwrap_or(http::HeaderValue::from_static("-"));
+                    let version = format!("{:?}", req.version());
                     let _ = req.into_body().collect().await;
                     let status = path
                         .strip_prefix("/status/")
@@ -206,15 +217,24 @@ pub async fn tls_upstream(server: &Pem, client_ca: Option<&str>) -> TlsUpstream 
                     Ok::<_, std::convert::Infallible>(
                         Response::builder()
                             .status(status)
+                            .header("x-version", version)
                             .header("x-client-cert", if presented { "yes" } else { "no" })
                             .header("x-echo-x-forwarded-proto", proto)
                             .body(Full::new(Bytes::from(path)))
                             .unwrap(),
                     )
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
+                if h2 {
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
                     .serve_connection(TokioIo::new(tls), svc)
                     .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                }
             });
         }
     });
