@@ -428,3 +428,28 @@ fn tunnel_idle_timeout_defaults_to_an_hour_and_refuses_zero() {
         (6, "route[0].tunnel_idle_timeout")
     );
 }
+
+#[test]
+fn worker_model_is_per_worker_unless_work_stealing_is_asked_for() {
+    let body = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[upstream.u]\ntargets = [\"127.0.0.1:2\"]\n";
+    assert_eq!(
+        parse(body, "t.toml").unwrap().worker_model,
+        WorkerModel::PerWorker
+    );
+    let stealing = format!("worker_model = \"work_stealing\"\n{body}");
+    assert_eq!(
+        parse(&stealing, "t.toml").unwrap().worker_model,
+        WorkerModel::WorkStealing
+    );
+    let bogus = format!("worker_model = \"threads\"\n{body}");
+    let errors = parse(&bogus, "t.toml").unwrap_err().0;
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(got, [(1, "worker_model")]);
+    assert!(
+        errors[0]
+            .message
+            .contains("\"per_worker\" or \"work_stealing\""),
+        "{}",
+        errors[0].message
+    );
+}

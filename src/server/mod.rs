@@ -4,3 +4,4 @@ pub mod drain;
 pub mod listener;
 pub mod redirect;
 pub mod tls;
+pub mod workers;

@@ -37,6 +37,8 @@ pub struct Conn {
     /// request body it was still waiting on (an upload the client never finishes would keep it,
     /// and the client's connection, alive forever).
     pub abandon: tokio::sync::oneshot::Sender<()>,
+    /// The worker whose runtime drives it (`server/workers.rs`): only that worker reuses it.
+    worker: Option<usize>,
 }
 
 struct Idle {
@@ -48,6 +50,7 @@ struct Idle {
     /// The `Keep-Alive: timeout=` its last response announced.
     announced: Option<Duration>,
     abandon: tokio::sync::oneshot::Sender<()>,
+    worker: Option<usize>,
 }
 
 /// Since when a connection has been idle in the pool; `None` while it carries a request and once
@@ -127,12 +130,20 @@ impl TargetPool {
         let now = Instant::now();
         let learned = self.learned.limit(now);
         let mut idle = self.idle.lock().expect("pool lock");
-        while let Some(conn) = idle.pop() {
+        // On a worker, only the connections that worker drives (see `Conn::worker`).
+        let worker = crate::server::workers::current();
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if worker.is_some() && idle[i].worker != worker {
+                continue;
+            }
+            let conn = idle.remove(i);
             let limit = self.limit(conn.announced, learned);
             let age = now.saturating_duration_since(conn.since);
             if age < limit && !conn.sender.is_closed() {
                 if reuse == Reuse::Fresh && age >= limit.mul_f64(NEAR_LIMIT) {
-                    idle.push(conn);
+                    idle.insert(i, conn);
                     return None;
                 }
                 conn.idle_since.set(None);
@@ -142,6 +153,7 @@ impl TargetPool {
                     abandon: conn.abandon,
                     reused: true,
                     idle_since: conn.idle_since,
+                    worker: conn.worker,
                 });
             }
             // Dropping the sender closes the connection: our close, not the upstream's.
@@ -193,6 +205,7 @@ impl TargetPool {
             since: now,
             announced: upstream_keep_alive,
             abandon: conn.abandon,
+            worker: conn.worker,
         });
     }
 
@@ -242,6 +255,7 @@ impl TargetPool {
             reused: false,
             idle_since,
             abandon,
+            worker: crate::server::workers::current(),
         })
     }
 }

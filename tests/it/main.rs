@@ -26,3 +26,4 @@ mod run;
 mod tls;
 mod tls_upstream;
 mod websocket;
+mod workers;
