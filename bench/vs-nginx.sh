@@ -5,9 +5,9 @@
 # TLS, with h2load), both proxies speaking HTTP/1.1 to the same upstream (nginx cannot speak
 # HTTP/2 to upstreams except through grpc_pass).
 #
-# Both proxies run one worker pinned to core $PROXY_CPU, in front of the same upstream (an nginx
-# answering a small body with `return 200`, so it does no file I/O); wrk and the upstream share
-# core $LOAD_CPU. Runs alternate gatewise / nginx back to back, $REPEATS times. Loopback only.
+# Both proxies run $WORKERS workers (gatewise `workers`, nginx `worker_processes`) pinned to
+# $PROXY_CPU, in front of the same upstream (an nginx answering a small body with `return 200`, so
+# it does no file I/O); wrk and the upstream share $LOAD_CPU. Runs alternate gatewise / nginx back to back, $REPEATS times. Loopback only.
 # Run by hand, never in CI (it takes about REPEATS * 2 * (DURATION + WARMUP) seconds).
 #
 # Knobs (environment):
@@ -22,6 +22,11 @@
 #   H2_CLIENTS=10  H2_STREAMS=10   h2load's connections and concurrent streams per connection
 #   IDLE_CONNS=1000     idle keep-alive client connections for the memory figure
 #   ACCESS_LOG=off      off: both proxies log nothing; on: both append to a file in the temp dir
+#   WORKERS=1           workers of both proxies. With WORKERS > 1 the default pinning is none
+#                       (PROXY_CPU and LOAD_CPU = every core): on a 2-core machine two workers
+#                       need both cores. On a bigger machine pin them apart, e.g. WORKERS=8
+#                       PROXY_CPU=0-7 LOAD_CPU=8-15 (and THREADS=4 CONNECTIONS=400 for wrk).
+#   WORKER_MODEL=       gatewise's `worker_model` (per_worker, work_stealing; empty: default)
 #   PROXY_CPU=1  LOAD_CPU=0
 #   GATEWISE=path       a prebuilt binary (default: target/release/gatewise, built if missing)
 set -euo pipefail
@@ -34,10 +39,18 @@ REPEATS=${REPEATS:-3}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 ACCESS_LOG=${ACCESS_LOG:-off}
 CASES=${CASES:-http https handshake}
-PROXY_CPU=${PROXY_CPU:-1}
 H2_CLIENTS=${H2_CLIENTS:-10}
 H2_STREAMS=${H2_STREAMS:-10}
-LOAD_CPU=${LOAD_CPU:-0}
+WORKERS=${WORKERS:-1}
+WORKER_MODEL=${WORKER_MODEL:-}
+if ((WORKERS > 1)); then
+    all_cpus="0-$(($(nproc) - 1))"
+    PROXY_CPU=${PROXY_CPU:-$all_cpus}
+    LOAD_CPU=${LOAD_CPU:-$all_cpus}
+else
+    PROXY_CPU=${PROXY_CPU:-1}
+    LOAD_CPU=${LOAD_CPU:-0}
+fi
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 target_dir=${CARGO_TARGET_DIR:-$root/target}
@@ -148,8 +161,11 @@ else
     ng_log="access_log off;"
 fi
 
+gw_model=""
+[ -z "$WORKER_MODEL" ] || gw_model="worker_model = \"$WORKER_MODEL\""
 cat >"$work/gatewise.toml" <<EOF
-workers = 1
+workers = $WORKERS
+$gw_model
 access_log = "$gw_log"
 
 [admin]
@@ -181,7 +197,7 @@ EOF
 # Best-practice nginx reverse proxy, adding the same X-Forwarded-*, Forwarded and request id gatewise adds.
 cat >"$work/proxy.conf" <<EOF
 $nginx_common
-worker_processes 1;
+worker_processes $WORKERS;
 pid $work/proxy.pid;
 error_log $work/proxy-error.log;
 http {
@@ -303,7 +319,7 @@ run_h2() { # case name pid url round
     echo "$kase $name $rps $mean $cpu_us" >>"$results"
 }
 
-echo "== throughput: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP), proxy on cpu $PROXY_CPU, wrk+upstream on cpu $LOAD_CPU"
+echo "== throughput: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP), $WORKERS worker(s) per proxy${WORKER_MODEL:+ (gatewise $WORKER_MODEL)}, proxy on cpu $PROXY_CPU, wrk+upstream on cpu $LOAD_CPU, access log $ACCESS_LOG"
 for kase in $CASES; do
     case $kase in
         http) gw_url="http://127.0.0.1:$gw_port/" ng_url="http://127.0.0.1:$ng_port/" extra=() ;;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::cli::RunArgs;
-use crate::config::{self, Config, HealthCheckKind, HealthConfig};
+use crate::config::{self, Config, HealthCheckKind, HealthConfig, WorkerModel};
 use crate::gateway::Gateway;
 use crate::lifecycle::upgrade;
 use crate::observe::access_log::AccessLog;
@@ -82,13 +82,15 @@ pub fn run(args: &RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match build_runtime(config.workers) {
+    let runtimes = match Runtimes::build(config.workers, config.worker_model) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gatewise: cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
+    let Runtimes { runtime, workers } = runtimes;
+    let worker_handles = workers.as_ref().map(|w| w.handles()).unwrap_or_default();
     let (log, writer) = match AccessLog::start(&config.access_log) {
         Ok(started) => started,
         Err(e) => {
@@ -129,6 +131,7 @@ pub fn run(args: &RunArgs) -> ExitCode {
             Some(path) => gateway.with_config_path(path),
             None => gateway,
         };
+        let gateway = gateway.with_workers(worker_handles);
         tokio::spawn(hangups.reload(gateway.shared()));
         if let Some(stream) = handover {
             // Bound and about to accept: the old process may stop accepting now.
@@ -185,11 +188,46 @@ pub fn run(args: &RunArgs) -> ExitCode {
     // Shutting the runtime down drops every task and with them every handle on the access log,
     // so the writer can drain the last lines and stop. Both waits are bounded: blocking work
     // (a DNS lookup) or a stuck log destination must not keep the process alive.
+    if let Some(workers) = workers {
+        workers.stop(std::time::Duration::from_secs(1));
+    }
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     if let Some(writer) = writer {
         writer.finish(std::time::Duration::from_secs(2));
     }
     code
+}
+
+/// The runtimes of `gatewise run`: the one `run` blocks on (signals, reloads, admin, health
+/// checks), and with `worker_model = "per_worker"` the worker threads that serve client
+/// connections, each with its own event loop (`server/workers.rs`).
+pub struct Runtimes {
+    pub runtime: tokio::runtime::Runtime,
+    pub workers: Option<crate::server::workers::Workers>,
+}
+
+impl Runtimes {
+    /// `workers` threads (default: one per core) as `model` says. `per_worker`: a small
+    /// current-thread runtime for control on the main thread, plus the workers. `work_stealing`:
+    /// one runtime for everything ([`build_runtime`]).
+    pub fn build(workers: Option<usize>, model: WorkerModel) -> std::io::Result<Runtimes> {
+        match model {
+            WorkerModel::WorkStealing => Ok(Runtimes {
+                runtime: build_runtime(workers)?,
+                workers: None,
+            }),
+            WorkerModel::PerWorker => {
+                let n = workers
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+                Ok(Runtimes {
+                    runtime: tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?,
+                    workers: Some(crate::server::workers::Workers::start(n)?),
+                })
+            }
+        }
+    }
 }
 
 /// A runtime with `workers` threads (default: one per core). One worker gets a current-thread

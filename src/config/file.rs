@@ -19,6 +19,7 @@ pub type Str = Spanned<String>;
 #[derive(Debug, Default)]
 pub struct RawFile {
     pub workers: Option<Spanned<usize>>,
+    pub worker_model: Option<Str>,
     pub admin: Option<RawAdmin>,
     pub access_log: Option<Str>,
     pub drain_delay: Option<Str>,
@@ -251,7 +252,7 @@ pub struct ReadError {
 }
 
 const TOP_KEYS: &str =
-    "workers, admin, access_log, drain_delay, shutdown_timeout, watch_config, upgrade_socket, listener, route, upstream, acme, fleet";
+    "workers, worker_model, admin, access_log, drain_delay, shutdown_timeout, watch_config, upgrade_socket, listener, route, upstream, acme, fleet";
 
 /// Reads `src` section by section. `Err` means the TOML itself is malformed (nothing else is
 /// worth checking); `Ok` carries whatever could be read plus the per-section errors.
@@ -266,6 +267,7 @@ pub fn read(src: &str) -> Result<(RawFile, Vec<ReadError>), Vec<ReadError>> {
         let key_span = key.span();
         match key.get_ref().as_ref() {
             "workers" => raw.workers = section(value, "workers", &mut errors),
+            "worker_model" => raw.worker_model = section(value, "worker_model", &mut errors),
             "access_log" => raw.access_log = section(value, "access_log", &mut errors),
             "drain_delay" => raw.drain_delay = section(value, "drain_delay", &mut errors),
             "watch_config" => raw.watch_config = section(value, "watch_config", &mut errors),

@@ -35,6 +35,8 @@ use std::time::Duration;
 pub struct Config {
     /// Worker threads; `None` means one per core.
     pub workers: Option<usize>,
+    /// How the worker threads share the work.
+    pub worker_model: WorkerModel,
     pub admin: AdminConfig,
     pub access_log: AccessLog,
     /// On SIGTERM: how long `/ready` says 503 while traffic is still served, so load balancers
@@ -72,6 +74,27 @@ pub struct AdminConfig {
     /// Bearer token required for every admin endpoint except `/live` and `/ready` (from `token`
     /// or `token_file`). Required when `listen` is not a loopback address.
     pub token: Option<String>,
+}
+
+/// How the `workers` threads run (`worker_model`; docs/performance.md has the measurements).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WorkerModel {
+    /// Each worker thread runs its own event loop (a current-thread runtime) and serves the
+    /// connections it accepted, nginx's model; reloads, admin and health checks run on a
+    /// separate control thread.
+    #[default]
+    PerWorker,
+    /// One multi-threaded runtime whose threads steal each other's work; everything runs on it.
+    WorkStealing,
+}
+
+impl WorkerModel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerModel::PerWorker => "per_worker",
+            WorkerModel::WorkStealing => "work_stealing",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -617,6 +640,7 @@ impl Config {
         upstreams.insert("default".to_string(), UpstreamConfig::new(targets));
         Self {
             workers: None,
+            worker_model: WorkerModel::default(),
             admin: AdminConfig {
                 listen: Some(
                     defaults::ADMIN_LISTEN

@@ -84,6 +84,9 @@ impl Diff {
         if old.workers != new.workers {
             needs_restart.push("workers".to_string());
         }
+        if old.worker_model != new.worker_model {
+            needs_restart.push("worker_model".to_string());
+        }
         if old.admin != new.admin {
             needs_restart.push("admin".to_string());
         }

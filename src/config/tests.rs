@@ -489,3 +489,28 @@ fn discovery_dns_and_its_keys_are_read_and_misuse_is_refused() {
     let e = refused("targets = [\"a:1\"]\ndiscovery = \"dns\"\ndns_nameserver = \"ns1\"\n");
     assert!(e[0].contains("expected IP:PORT of a nameserver"), "{e:?}");
 }
+
+#[test]
+fn worker_model_is_per_worker_unless_work_stealing_is_asked_for() {
+    let body = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:0\"\n[[route]]\nupstream = \"u\"\n[upstream.u]\ntargets = [\"127.0.0.1:2\"]\n";
+    assert_eq!(
+        parse(body, "t.toml").unwrap().worker_model,
+        WorkerModel::PerWorker
+    );
+    let stealing = format!("worker_model = \"work_stealing\"\n{body}");
+    assert_eq!(
+        parse(&stealing, "t.toml").unwrap().worker_model,
+        WorkerModel::WorkStealing
+    );
+    let bogus = format!("worker_model = \"threads\"\n{body}");
+    let errors = parse(&bogus, "t.toml").unwrap_err().0;
+    let got: Vec<(usize, &str)> = errors.iter().map(|e| (e.line, e.field.as_str())).collect();
+    assert_eq!(got, [(1, "worker_model")]);
+    assert!(
+        errors[0]
+            .message
+            .contains("\"per_worker\" or \"work_stealing\""),
+        "{}",
+        errors[0].message
+    );
+}

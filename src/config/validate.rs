@@ -16,7 +16,7 @@ use toml::Spanned;
 
 use super::file::{self, IntOrStr, RawAdmin, Str};
 use super::{defaults, validate_routes, validate_upstream, values};
-use super::{AccessLog, AdminConfig, Config};
+use super::{AccessLog, AdminConfig, Config, WorkerModel};
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -241,6 +241,7 @@ fn position(src: &str, offset: usize) -> (usize, usize) {
 fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
     let file::RawFile {
         workers,
+        worker_model,
         admin,
         access_log,
         drain_delay,
@@ -254,6 +255,7 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
         fleet,
     } = raw;
     let workers = workers.map(|w| cx.nonzero(Some(w), "workers", 1));
+    let worker_model = worker_model_config(cx, worker_model);
     let (admin, admin_span) = admin_config(cx, admin);
     let access_log = access_log_config(cx, access_log);
     let drain_delay = cx.duration(drain_delay, "drain_delay", defaults::DRAIN_DELAY, false);
@@ -290,6 +292,7 @@ fn build(cx: &mut Cx<'_>, raw: file::RawFile) -> Config {
     };
     Config {
         workers,
+        worker_model,
         admin,
         access_log,
         watch_config: watch_config.unwrap_or(true),
@@ -370,6 +373,24 @@ fn admin_token(cx: &mut Cx<'_>, token: Option<Str>, file: Option<Str>) -> Option
             cx.check(read, f.span(), "admin.token_file")
         }
         (None, None) => None,
+    }
+}
+
+fn worker_model_config(cx: &mut Cx<'_>, v: Option<Str>) -> WorkerModel {
+    let Some(v) = v else {
+        return WorkerModel::default();
+    };
+    match v.get_ref().as_str() {
+        "per_worker" => WorkerModel::PerWorker,
+        "work_stealing" => WorkerModel::WorkStealing,
+        other => {
+            cx.err(
+                v.span(),
+                "worker_model",
+                format!("expected \"per_worker\" or \"work_stealing\", got {other:?}"),
+            );
+            WorkerModel::default()
+        }
     }
 }
 

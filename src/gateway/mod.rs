@@ -175,6 +175,14 @@ impl Gateway {
         self
     }
 
+    /// Accept and serve client connections on these runtimes (one accept loop per worker on
+    /// each listening socket) rather than on the runtime that serves the gateway, which keeps
+    /// the admin listener, reloads and health checks (`server/workers.rs`).
+    pub fn with_workers(mut self, workers: Vec<tokio::runtime::Handle>) -> Gateway {
+        self.live.set_workers(workers);
+        self
+    }
+
     /// Addresses the listeners are bound to, in config order.
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.live.listen_addrs()

@@ -114,10 +114,10 @@ struct LiveListener {
     bound: SocketAddr,
     config: Arc<ArcSwap<ListenerConfig>>,
     state: Arc<ListenerState>,
-    /// The socket until the accept loop starts, then the loop (aborting it closes the socket;
-    /// connections already accepted are tasks of their own and finish).
+    /// The socket until the accept loops start, then the loops, one per worker (aborting them
+    /// closes the socket; connections already accepted are tasks of their own and finish).
     socket: Option<TcpListener>,
-    task: Option<AbortOnDrop>,
+    tasks: Vec<AbortOnDrop>,
 }
 
 /// Everything serving the current snapshot that a reload may replace.
@@ -141,6 +141,9 @@ pub struct Live {
     health: BTreeMap<String, (Arc<Upstream>, AbortOnDrop)>,
     /// The discovery sources running, one per upstream that has one.
     sources: crate::discovery::Sources,
+    /// The worker runtimes that accept and serve connections (`worker_model = "per_worker"`);
+    /// empty: the current runtime does.
+    workers: Vec<tokio::runtime::Handle>,
 }
 
 impl Live {
@@ -164,6 +167,7 @@ impl Live {
             listeners: Vec::new(),
             health: BTreeMap::new(),
             sources: crate::discovery::Sources::default(),
+            workers: Vec::new(),
         };
         let config = live.shared.snapshot.load().config.clone();
         for lc in &config.listeners {
@@ -202,6 +206,11 @@ impl Live {
         self.sources.set_override(upstream, factory);
     }
 
+    /// Connections are accepted and served on these runtimes from the next [`Live::start`].
+    pub fn set_workers(&mut self, workers: Vec<tokio::runtime::Handle>) {
+        self.workers = workers;
+    }
+
     pub fn listen_addrs(&self) -> Vec<SocketAddr> {
         self.listeners.iter().map(|(_, l)| l.bound).collect()
     }
@@ -228,7 +237,7 @@ impl Live {
                 acme: self.shared.acme.challenges.clone(),
             }),
             socket: Some(socket),
-            task: None,
+            tasks: Vec::new(),
         })
     }
 
@@ -256,13 +265,28 @@ impl Live {
                 addr = %l.bound,
                 "listening"
             );
-            l.task = Some(AbortOnDrop(tokio::spawn(crate::server::listener::serve(
-                socket,
+            let (config, state, tls, drain) = (
                 l.config.clone(),
                 l.state.clone(),
                 l.tls.clone(),
                 drain.clone(),
-            ))));
+            );
+            let serve = move |socket| {
+                crate::server::listener::serve(
+                    socket,
+                    config.clone(),
+                    state.clone(),
+                    tls.clone(),
+                    drain.clone(),
+                )
+            };
+            match crate::server::workers::spawn_accept_loops(&self.workers, socket, serve) {
+                Ok(tasks) => l.tasks = tasks.into_iter().map(AbortOnDrop).collect(),
+                // Only a descriptor limit makes duplicating a bound socket fail.
+                Err(err) => {
+                    tracing::error!(listener = %name, %err, "cannot start the accept loops")
+                }
+            }
         }
         let mut certificates = Vec::new();
         for (name, l) in &mut self.listeners {

@@ -184,13 +184,13 @@ impl AccessLog {
     pub fn write(&self, record: &Record<'_>) {
         let Some(tx) = &self.tx else { return };
         let mut line = Vec::with_capacity(384);
-        if serde_json::to_writer(&mut line, record).is_ok() {
-            line.push(b'\n');
-            // Full: the destination is stuck; drop and count rather than grow without bound.
-            // Disconnected cannot happen: the writer thread only ends with the process.
-            if tx.try_send(line).is_err() {
-                self.dropped.inc();
-            }
+        // The `Serialize` derive's JSON, written without serde (`access_line.rs`).
+        super::access_line::write(&mut line, record);
+        line.push(b'\n');
+        // Full: the destination is stuck; drop and count rather than grow without bound.
+        // Disconnected cannot happen: the writer thread only ends with the process.
+        if tx.try_send(line).is_err() {
+            self.dropped.inc();
         }
     }
 }

@@ -188,7 +188,9 @@ pub async fn send(
     loop {
         let mut conn = match target.pool.take_idle(reuse) {
             Some(conn) => conn,
-            None => match target.pool.connect().await {
+            // Boxed: a new connection is rare next to a pooled one, and its future (DNS, TCP,
+            // TLS) would otherwise enlarge every request's (docs/performance.md).
+            None => match Box::pin(target.pool.connect()).await {
                 Ok(conn) => conn,
                 Err(err) => return Err((err, Some(req))),
             },

@@ -252,7 +252,15 @@ async fn forward(
             // A hedged upgrade would open two tunnels: only plain requests are hedged.
             log.attempts.is_empty() && upgrade.is_none(),
         );
-        let (outcome, back, hedged) = hedge::run(target, req, per_try, hedge).await;
+        // Rare paths are boxed (here the hedged pair, which holds two attempts): a request's
+        // future is as large as its largest state, and hyper moves it once per request.
+        let (outcome, back, hedged) = match hedge {
+            None => {
+                let (outcome, back) = super::attempt::run(target, req, per_try).await;
+                (outcome, back, None)
+            }
+            hedge => Box::pin(hedge::run(target, req, per_try, hedge)).await,
+        };
         unsent = back;
         // Released from the outage hold: the next held request may go now.
         log.held.end_turn();
@@ -301,7 +309,8 @@ async fn forward(
             drop(in_flight);
             log.retry_stop = None;
             let last = outcome.error().map(|e| e.detail.clone());
-            if let Err(err) = upstream.wait_for_return(&mut log.held, deadline).await {
+            let back = Box::pin(upstream.wait_for_return(&mut log.held, deadline)).await;
+            if let Err(err) = back {
                 // Say what the targets last answered, not only that the hold ran out.
                 let detail = match last {
                     Some(last) if !last.is_empty() => {
@@ -324,9 +333,7 @@ async fn forward(
                 // dropped once the upgrade has taken the socket over).
                 return match upgrade.take() {
                     Some(upgrade) => {
-                        upgrade
-                            .open(resp, conn, target, in_flight, route, log)
-                            .await
+                        Box::pin(upgrade.open(resp, conn, target, in_flight, route, log)).await
                     }
                     None => {
                         let detail = format!(

@@ -5,3 +5,4 @@ pub mod h1;
 pub mod listener;
 pub mod redirect;
 pub mod tls;
+pub mod workers;

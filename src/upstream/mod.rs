@@ -295,7 +295,8 @@ impl Upstream {
         if let Pick::Got(target, slot) = self.try_pick(tried) {
             return Ok((target, slot));
         }
-        let got = self.acquire_waiting(tried, deadline, held).await;
+        // Boxed: rare, and its future would otherwise enlarge every request's.
+        let got = Box::pin(self.acquire_waiting(tried, deadline, held)).await;
         held.stop();
         got
     }

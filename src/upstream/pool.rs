@@ -51,6 +51,8 @@ enum Link {
         /// any request body it was still waiting on (an upload the client never finishes would
         /// keep it, and the client's connection, alive forever).
         abandon: tokio::sync::oneshot::Sender<()>,
+        /// The worker whose runtime drives it (`server/workers.rs`): only that worker reuses it.
+        worker: Option<usize>,
     },
     /// Released (the stream count goes down) when the `Conn` is dropped, i.e. when the
     /// response body has been relayed or the attempt failed.
@@ -115,6 +117,7 @@ struct Idle {
     /// The `Keep-Alive: timeout=` its last response announced.
     announced: Option<Duration>,
     abandon: tokio::sync::oneshot::Sender<()>,
+    worker: Option<usize>,
 }
 
 /// Since when a connection has been idle in the pool; `None` while it carries a request and once
@@ -224,12 +227,20 @@ impl TargetPool {
         let now = Instant::now();
         let learned = self.learned.limit(now);
         let mut idle = self.idle.lock().expect("pool lock");
-        while let Some(conn) = idle.pop() {
+        // On a worker, only the connections that worker drives (see `Conn::worker`).
+        let worker = crate::server::workers::current();
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if worker.is_some() && idle[i].worker != worker {
+                continue;
+            }
+            let conn = idle.remove(i);
             let limit = self.limit(conn.announced, learned);
             let age = now.saturating_duration_since(conn.since);
             if age < limit && !conn.sender.is_closed() {
                 if reuse == Reuse::Fresh && age >= limit.mul_f64(NEAR_LIMIT) {
-                    idle.push(conn);
+                    idle.insert(i, conn);
                     return None;
                 }
                 conn.idle_since.set(None);
@@ -240,6 +251,7 @@ impl TargetPool {
                         sender: conn.sender,
                         abandon: conn.abandon,
                         idle_since: conn.idle_since,
+                        worker: conn.worker,
                     },
                 });
             }
@@ -278,6 +290,7 @@ impl TargetPool {
             sender,
             idle_since,
             abandon,
+            worker,
         } = conn.link
         else {
             // An HTTP/2 stream: dropping it frees its slot; the connection stays shared.
@@ -301,6 +314,7 @@ impl TargetPool {
             since: now,
             announced: upstream_keep_alive,
             abandon,
+            worker,
         });
     }
 
@@ -415,6 +429,7 @@ impl TargetPool {
                 sender,
                 idle_since,
                 abandon,
+                worker: crate::server::workers::current(),
             },
         })
     }

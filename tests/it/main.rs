@@ -34,3 +34,4 @@ mod run;
 mod tls;
 mod tls_upstream;
 mod websocket;
+mod workers;
