@@ -169,11 +169,6 @@ pub async fn probe(target: &str, expect: &Expect, depth: Depth) -> Report {
                 dial.server_name().unwrap_or_default()
             ),
         );
-        r.fact(
-            Layer::Tls,
-            target,
-            "h2 not checked: gatewise speaks HTTP/1.1 to upstreams (an h2 upstream protocol is not built yet)",
-        );
     }
     http_layers(&mut r, target, expect, &dial, stream, depth).await;
     r
@@ -296,8 +291,12 @@ async fn http_layers(
         .health
         .as_ref()
         .map_or(expect.path.as_str(), |(p, _)| p.as_str());
-    if expect.h2c {
-        h2c_layer(r, target, expect, addr, stream, path, deadline).await;
+    let alpn_h2 = stream
+        .tls_session()
+        .is_some_and(|(_, alpn)| alpn.as_deref() == Some(&b"h2"[..]));
+    if expect.h2c || alpn_h2 {
+        let label = if alpn_h2 { "h2" } else { "h2c" };
+        h2_layer(r, target, expect, addr, stream, path, deadline, label).await;
         return;
     }
     let first = probe::exchange(&mut stream, host, path, deadline).await;
@@ -456,10 +455,11 @@ async fn main_exchange(
     Some((stream, ex))
 }
 
-/// A plain target whose port answered in TLS.
-/// An `h2c` upstream: `GET path` as HTTP/2 with prior knowledge, and the health range. The
-/// HTTP/1.1 measurements (idle timeout, latency sample) are not made over HTTP/2 yet.
-async fn h2c_layer(
+/// An HTTP/2 target (`h2c` with prior knowledge, or `h2` chosen by ALPN over TLS): `GET path`
+/// as HTTP/2, and the health range. The HTTP/1.1 measurements (idle timeout, latency sample) are
+/// not made over HTTP/2 yet.
+#[allow(clippy::too_many_arguments)]
+async fn h2_layer(
     r: &mut Report,
     target: &str,
     expect: &Expect,
@@ -467,7 +467,9 @@ async fn h2c_layer(
     stream: Stream,
     path: &str,
     deadline: Duration,
+    label: &str,
 ) {
+    let scheme = if label == "h2" { "https" } else { "http" };
     use http_body_util::Empty;
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http2::handshake(
@@ -476,7 +478,7 @@ async fn h2c_layer(
         )
         .await?;
         tokio::spawn(conn);
-        let req = http::Request::get(format!("http://{target}{path}"))
+        let req = http::Request::get(format!("{scheme}://{target}{path}"))
             .body(Empty::<bytes::Bytes>::new())
             .expect("a valid check request");
         sender.send_request(req).await
@@ -487,7 +489,11 @@ async fn h2c_layer(
             r.finding(
                 Layer::Http,
                 target,
-                format!("{addr} does not speak HTTP/2 with prior knowledge (GET {path}: {e}) but upstream {} has protocol = \"h2c\"", expect.upstream),
+                if label == "h2" {
+                    format!("{addr} chose h2 by ALPN but the HTTP/2 exchange failed (GET {path}: {e})")
+                } else {
+                    format!("{addr} does not speak HTTP/2 with prior knowledge (GET {path}: {e}) but upstream {} has protocol = \"h2c\"", expect.upstream)
+                },
                 "use protocol = \"http1\" if the app speaks HTTP/1.1, or point the target at its h2c port",
             );
             return;
@@ -497,7 +503,7 @@ async fn h2c_layer(
                 Layer::Http,
                 target,
                 format!(
-                    "{addr} did not answer GET {path} over h2c within {}ms",
+                    "{addr} did not answer GET {path} over {label} within {}ms",
                     deadline.as_millis()
                 ),
                 "check that the app answers on this port",
@@ -508,7 +514,7 @@ async fn h2c_layer(
     r.fact(
         Layer::Http,
         target,
-        format!("GET {path} over h2c: {status}"),
+        format!("GET {path} over {label}: {status}"),
     );
     if let Some((hpath, (lo, hi))) = &expect.health {
         if !(*lo..=*hi).contains(&status) {
@@ -522,6 +528,7 @@ async fn h2c_layer(
     }
 }
 
+/// A plain target whose port answered in TLS.
 fn tls_answer(r: &mut Report, target: &str, expect: &Expect, addr: SocketAddr) {
     {
         r.finding(

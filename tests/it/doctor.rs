@@ -437,6 +437,32 @@ async fn tls_target(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_speaks_http2_to_a_target_that_chooses_h2_by_alpn() {
+    // Was: "h2 not checked" for every TLS target; an `h2` upstream now gets its exchange and
+    // health verdict over HTTP/2, as the pool would speak to it.
+    use crate::support::tls::{tls_upstream_alpn, TempDir, TestCa};
+    let dir = TempDir::new();
+    let ca = TestCa::new("doctor h2 ca");
+    let up = tls_upstream_alpn(&ca.issue(&["upstream.test"]), None, &[b"h2"]).await;
+    let ca_file = dir.write("ca.pem", &ca.cert_pem);
+    let tls = format!(
+        "protocol = \"h2\"\nca_file = {:?}\nsni = \"upstream.test\"\n[upstream.app.health]\npath = \"/status/503\"\n",
+        ca_file.display().to_string()
+    );
+    let file = config_file("tls-h2", &[up.addr.to_string()], &tls, "");
+    let (code, out, _) = gatewise(&["check", file.to_str().unwrap()]).await;
+    assert_eq!(code, 1, "{out}");
+    let addr = up.addr;
+    for want in [
+        format!("{addr} speaks TLS, as configured: TLSv1.3 handshake with server name upstream.test, ALPN h2"),
+        "GET /status/503 over h2: 503".to_string(),
+        format!("the health check GET /status/503 on {addr} answers 503, outside the expected 200-399"),
+    ] {
+        assert!(out.contains(&want), "missing {want:?} in\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_exchanges_http_over_tls_through_the_gateways_connector() {
     // Was: an https upstream got no HTTP exchange and no health verdict at all ("the exchange
     // over TLS is not probed yet"); the dial now goes through the pool's connector.
@@ -446,7 +472,6 @@ async fn doctor_exchanges_http_over_tls_through_the_gateways_connector() {
     let addr = up.addr;
     for want in [
         format!("{addr} speaks TLS, as configured: TLSv1.3 handshake with server name upstream.test, ALPN http/1.1"),
-        "h2 not checked".to_string(),
         format!("the health check GET /status/503 on {addr} answers 503, outside the expected 200-399"),
         // The doctor's measurements ran over TLS too.
         "sequential GET /".to_string(),
