@@ -443,12 +443,28 @@ impl Live {
                 .iter()
                 .zip(&set)
                 .all(|(t, d)| t.is_draining() == (d.readiness == Readiness::Draining));
-        if !same_addrs {
+        // The new set is built first and its readiness marked before the swap: a target turning
+        // draining in the same update as another change never takes a request it should not.
+        let next = if same_addrs {
+            None
+        } else {
             let targets: Vec<String> = set.iter().map(|d| d.addr.clone()).collect();
-            let snapshot = match old.with_discovered(&name, targets, &self.shared.metrics) {
-                Ok(s) => Arc::new(s),
+            match old.with_discovered(&name, targets, &self.shared.metrics) {
+                Ok(s) => Some(Arc::new(s)),
                 Err(e) => return self.discovery_failed(&name, source, &e),
-            };
+            }
+        };
+        if !same_readiness {
+            let marked = next.as_ref().unwrap_or(&old);
+            if let Some(up) = marked.upstreams.get(&name) {
+                for (t, d) in up.targets.iter().zip(&set) {
+                    if *t.addr == d.addr {
+                        t.set_draining(d.readiness == Readiness::Draining);
+                    }
+                }
+            }
+        }
+        if let Some(snapshot) = next {
             self.shared
                 .metrics
                 .set_upstreams(snapshot.upstreams.values());
@@ -464,16 +480,6 @@ impl Live {
                 .count();
             let removed = current.targets.len() + added - set.len();
             tracing::info!(upstream = %name, source, added, removed, targets = set.len(), "discovery: targets changed");
-        }
-        if !same_readiness {
-            let snapshot = self.shared.snapshot.load();
-            if let Some(up) = snapshot.upstreams.get(&name) {
-                for (t, d) in up.targets.iter().zip(&set) {
-                    if *t.addr == d.addr {
-                        t.set_draining(d.readiness == Readiness::Draining);
-                    }
-                }
-            }
         }
         if !same_addrs {
             self.restart_health();
