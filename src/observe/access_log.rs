@@ -80,6 +80,44 @@ pub struct Record<'a> {
     pub tunnel: Option<Tunnel>,
 }
 
+impl Record<'static> {
+    /// The line of a request answered before routing (a malformed head, a 408, a redirect to
+    /// https): no route, upstream or attempt; the caller fills in what it knows besides.
+    pub fn unrouted(
+        client: std::net::SocketAddr,
+        scheme: &'static str,
+        protocol: &'static str,
+        status: u16,
+        cause: Option<Cause>,
+    ) -> Self {
+        Record {
+            time: SystemTime::now(),
+            request_id: "",
+            client,
+            method: "-",
+            host: "",
+            path: "",
+            route: None,
+            upstream: None,
+            target: None,
+            status,
+            scheme,
+            protocol,
+            upstream_protocol: None,
+            grpc_status: None,
+            duration_ms: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            cause,
+            retry_stop: None,
+            held_ms: Duration::ZERO,
+            incomplete: false,
+            attempts: &[],
+            tunnel: None,
+        }
+    }
+}
+
 /// How a tunnel (an upgraded connection) ended; its bytes each way are the line's `bytes_in`
 /// (client to upstream) and `bytes_out` (upstream to client), its lifetime the line's duration.
 #[derive(Debug, Clone, Copy, Serialize)]

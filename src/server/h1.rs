@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, UPGRADE};
@@ -499,20 +499,6 @@ async fn request_timeout<IO: ClientIo>(
         .unrouted
         .request(408, Some(Cause::HttpRequestError), elapsed);
     state.access_log.write(&Record {
-        time: SystemTime::now(),
-        request_id: "",
-        client: peer,
-        method: "-",
-        host: "",
-        path: "",
-        route: None,
-        upstream: None,
-        target: None,
-        status: 408,
-        scheme: state.scheme,
-        protocol: "h1",
-        upstream_protocol: None,
-        grpc_status: None,
         duration_ms: elapsed,
         bytes_in: read as u64,
         bytes_out: if matches!(written, Ok(Ok(()))) {
@@ -520,12 +506,7 @@ async fn request_timeout<IO: ClientIo>(
         } else {
             0
         },
-        cause: Some(Cause::HttpRequestError),
-        retry_stop: None,
-        held_ms: Duration::ZERO,
-        incomplete: false,
-        attempts: &[],
-        tunnel: None,
+        ..Record::unrouted(peer, state.scheme, "h1", 408, Some(Cause::HttpRequestError))
     });
 }
 

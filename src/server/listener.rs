@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
@@ -207,29 +207,11 @@ pub(super) fn log_rejected(state: &ListenerState, peer: SocketAddr, err: &hyper:
     state
         .unrouted
         .request(status, Some(Cause::HttpRequestError), Duration::ZERO);
-    state.access_log.write(&Record {
-        time: SystemTime::now(),
-        request_id: "",
-        client: peer,
-        method: "-",
-        host: "",
-        path: "",
-        route: None,
-        upstream: None,
-        target: None,
+    state.access_log.write(&Record::unrouted(
+        peer,
+        state.scheme,
+        "h1",
         status,
-        scheme: state.scheme,
-        protocol: "h1",
-        upstream_protocol: None,
-        grpc_status: None,
-        duration_ms: Duration::ZERO,
-        bytes_in: 0,
-        bytes_out: 0,
-        cause: Some(Cause::HttpRequestError),
-        retry_stop: None,
-        held_ms: Duration::ZERO,
-        incomplete: false,
-        attempts: &[],
-        tunnel: None,
-    });
+        Some(Cause::HttpRequestError),
+    ));
 }

@@ -2,7 +2,7 @@
 //! host and path over `https` (308, not 301: the method and body are kept on the second try).
 
 use std::net::SocketAddr;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
 use http::{Request, Response, StatusCode};
@@ -60,33 +60,20 @@ pub fn to_https<B>(
     };
     state.unrouted.request(status, cause, Duration::ZERO);
     state.access_log.write(&Record {
-        held_ms: Duration::ZERO,
-        tunnel: None,
-        time: SystemTime::now(),
-        request_id: "",
-        client: peer,
         method: req.method().as_str(),
-        protocol: crate::proxy::request::protocol(req.version()),
-        upstream_protocol: None,
-        grpc_status: None,
         host: req
             .headers()
             .get(HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or(""),
         path: req.uri().path(),
-        route: None,
-        upstream: None,
-        target: None,
-        status,
-        scheme: state.scheme,
-        duration_ms: Duration::ZERO,
-        bytes_in: 0,
-        bytes_out: 0,
-        cause,
-        retry_stop: None,
-        incomplete: false,
-        attempts: &[],
+        ..Record::unrouted(
+            peer,
+            state.scheme,
+            crate::proxy::request::protocol(req.version()),
+            status,
+            cause,
+        )
     });
     resp
 }
