@@ -1,7 +1,7 @@
 //! Kubernetes discovery: the targets of an upstream are the endpoints of a Service, read from
-//! its EndpointSlices with one list and then a watch, kept as a set of slices ([`slices`]).
+//! its EndpointSlices with one list and then a watch, kept as a set of slices (`slices`).
 //!
-//! A lean client of our own ([`api`]: one hyper HTTP/1.1 connection per request over the
+//! A lean client of our own (`api`: one hyper HTTP/1.1 connection per request over the
 //! upstream connector and our rustls setup, JSON through serde) rather than kube-rs: kube-rs
 //! and k8s-openapi take minutes to compile and we need list + watch of one resource.
 //!

@@ -4,7 +4,7 @@
 //! next request, with no hyper state (hyper's connection keeps an 8 KiB read buffer, a write
 //! buffer and its dispatcher for as long as it lives). When a byte arrives, a hyper connection is
 //! started on the socket for the exchange; once every request it began has had its response head
-//! written (and [`GRACE`] has passed without a new one, so a client sending back to back keeps one
+//! written (and `GRACE` has passed without a new one, so a client sending back to back keeps one
 //! hyper connection), it is told to end after the current response (`graceful_shutdown` then:
 //! the head has gone out without `Connection: close`, so the client sees an ordinary keep-alive
 //! response), polled with `poll_without_shutdown` (hyper does not close the socket), and its

@@ -73,7 +73,8 @@ impl Conn {
         }
     }
 
-    /// Sends the request, shaped for this connection's protocol (see [`super::h2::shape`]).
+    /// Sends the request, shaped for this connection's protocol (`super::h2::shape_h1`,
+    /// `shape_h2`).
     /// An error hands the request back when hyper never began sending it.
     pub async fn send(
         &mut self,
