@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use gatewise::acme::{Managed, State};
 use gatewise::gateway::{Gateway, Shared};
@@ -15,6 +15,7 @@ use gatewise::lifecycle::upgrade::Inherited;
 use gatewise::observe::access_log::AccessLog;
 
 use crate::support::pebble::{self, Pebble};
+use crate::support::poll_until as until;
 use crate::support::tls::{served_names, tls_connect, TempDir, H1};
 use crate::support::upstream;
 
@@ -114,15 +115,6 @@ async fn start(toml: &str, sockets: Vec<(&str, std::net::TcpListener)>) -> Runni
         shared,
         config: path,
         _dir: dir,
-    }
-}
-
-/// Waits (up to `limit`) until `f` holds.
-async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -17,6 +17,7 @@ use gatewise::observe::access_log::AccessLog;
 use http::Method;
 
 use crate::support::etcd::{self, Gate};
+use crate::support::poll_until as wait_until;
 use crate::support::tls::TempDir;
 use crate::support::{client, get, traffic, upstream};
 
@@ -98,15 +99,6 @@ async fn start_fleet(n: usize, dir: &TempDir, etcd: &str, prefix: &str) -> Vec<I
         .await;
     }
     fleet
-}
-
-/// Polls `cond` every 5 ms until it holds; fails the test after `limit`.
-async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Waits until the instance's status says `revision` serves (it is recorded right after the

@@ -216,14 +216,7 @@ async fn a_file_change_is_picked_up_by_the_watch_and_a_bad_one_is_not_applied() 
 
 /// Polls a condition the gateway changes on its own (a file-watch reload); bounded.
 async fn wait_until(f: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not reached in 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::poll_until("the reload's effect", Duration::from_secs(10), f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -41,11 +41,7 @@ async fn connected(
 
 /// Waits (bounded) until `f` holds.
 async fn until(what: &str, f: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    crate::support::poll_until(what, Duration::from_secs(10), f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]

@@ -124,3 +124,16 @@ pub async fn get(client: &TestClient, url: &str) -> (http::response::Parts, Byte
     )
     .await
 }
+
+/// Polls `cond` every 5 ms until it holds, for conditions the gateway reaches on its own (a
+/// reload, a watch, a renewal) with nothing to await; fails the test after `limit`.
+pub async fn poll_until(what: &str, limit: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
