@@ -45,33 +45,8 @@ done
 work=$(mktemp -d /tmp/gatewise-callgrind.XXXXXX)
 out=${OUT:-$work}
 mkdir -p "$out"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Waits (at most $2 s) until 127.0.0.1:$1 accepts connections.
-wait_port() {
-    local deadline=$((SECONDS + ${2:-10}))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            echo "port $1 did not open; logs in $work:" >&2
-            tail -n 20 "$work"/*.log >&2 || true
-            exit 1
-        fi
-        sleep 0.1
-    done
-}
+source "$(dirname "$0")/lib.sh"
+trap stop_pids EXIT INT TERM
 
 up_port=$(free_port)
 gw_port=$(free_port)

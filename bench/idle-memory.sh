@@ -38,32 +38,8 @@ fi
 
 work=$(mktemp -d /tmp/gatewise-idle.XXXXXX)
 chmod 755 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-wait_port() {
-    local deadline=$((SECONDS + 10))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            echo "port $1 did not open; logs in $work:" >&2
-            tail -n 20 "$work"/*.log >&2 || true
-            exit 1
-        fi
-        sleep 0.05
-    done
-}
+source "$(dirname "$0")/lib.sh"
+trap stop_pids EXIT INT TERM
 
 nginx_common="daemon off;
 master_process on;

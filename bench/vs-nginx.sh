@@ -77,36 +77,13 @@ fi
 # --- cleanup: every process started here is remembered and ended on exit -------------------------
 work=$(mktemp -d /tmp/gatewise-bench.XXXXXX)
 chmod 755 "$work"
-pids=()
+source "$(dirname "$0")/lib.sh"
 idle_pid=""
 cleanup() {
     [ -z "$idle_pid" ] || kill "$idle_pid" 2>/dev/null || true
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do
-        # Bounded: give each process up to 5 s, then SIGKILL.
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-    done
-    rm -rf "$work"
+    stop_pids
 }
 trap cleanup EXIT INT TERM
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Waits (at most 10 s) until 127.0.0.1:$1 accepts connections.
-wait_port() {
-    local deadline=$((SECONDS + 10))
-    until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            echo "port $1 did not open; logs in $work:" >&2
-            tail -n 20 "$work"/*.log >&2 || true
-            exit 1
-        fi
-        sleep 0.05
-    done
-}
 
 # Seven distinct free ports: upstream, gatewise plain + TLS (HTTP/1.1 and HTTP/2 on each),
 # nginx plain + TLS, nginx h2c + h2 (nginx 1.22 takes `http2` per listen socket).
